@@ -1,0 +1,129 @@
+"""`DistillationConfig`: every knowledge-distillation knob, on top of `Seq2SeqTrainingArguments`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import Seq2SeqTrainingArguments
+
+KD_LOSSES = ("kl", "soft_ce", "reverse_kl", "jsd")
+HIDDEN_LOSSES = ("mse", "l1", "cosine", "l1_cosine")
+PROJECTIONS = ("linear", "mlp", "none")
+TEACHER_DTYPES = ("fp32", "bf16", "fp16")
+LAYER_MAP_FIELDS = ("hidden_layer_map", "encoder_layer_map", "decoder_layer_map")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}.")
+
+
+def parse_layer_map(name: str, value: Any) -> dict[int, int] | None:
+    """Turn a layer map given as a dict or a JSON string (keys may be strings) into `dict[int, int]`."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name} must be JSON like '{{\"2\": 4, \"4\": 12}}', got {value!r}: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must map student layer -> teacher layer, got {type(value).__name__}.")
+    try:
+        parsed = {int(s): int(t) for s, t in value.items()}
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} keys and values must be integers (layer indices), got {value!r}.") from err
+    if any(i < 0 for pair in parsed.items() for i in pair):
+        raise ValueError(f"{name} has a negative layer index: {parsed}.")
+    return parsed
+
+
+@dataclass
+class DistillationConfig(Seq2SeqTrainingArguments):
+    """Training arguments plus the distillation recipe.
+
+    The total loss is `alpha_ce * hard_label_loss + alpha_kd * output_kd_loss + alpha_hidden * hidden_loss`.
+    Defaults follow distil-whisper: T = 2, CE weight 0.8, KD weight 1.0, forward KL scaled by T^2.
+    """
+
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softmax temperature for output-layer KD (> 0). Evaluation always uses T = 1."},
+    )
+    alpha_ce: float = field(
+        default=0.8, metadata={"help": "Weight of the hard-label loss (cross-entropy for Whisper, CTC for CTC models)."}
+    )
+    alpha_kd: float = field(default=1.0, metadata={"help": "Weight of the output-layer distillation loss."})
+    kd_loss: str = field(
+        default="kl",
+        metadata={
+            "help": "Output-layer KD loss: 'kl' = T^2 * KL(teacher || student) (Hinton et al.); 'soft_ce' = "
+            "-sum_i t_i log p_i on softened distributions; 'reverse_kl' = T^2 * KL(student || teacher); "
+            "'jsd' = T^2 * Jensen-Shannon divergence (beta 0.5)."
+        },
+    )
+    teacher_dtype: str = field(
+        default="fp32",
+        metadata={"help": "Precision the teacher runs in: fp32, bf16 or fp16. Losses are always computed in fp32."},
+    )
+    alpha_hidden: float = field(
+        default=0.0, metadata={"help": "Weight of the intermediate-layer (hidden-state) loss; 0 turns it off."}
+    )
+    hidden_loss: str = field(
+        default="mse",
+        metadata={
+            "help": "Hidden-state loss: 'mse' (mean squared error), 'l1', 'cosine' (1 - cos), or 'l1_cosine' "
+            "(DistilHuBERT: L1 - log sigmoid(cos))."
+        },
+    )
+    hidden_layer_map: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "CTC models: JSON map student layer -> teacher layer, indices as in output_hidden_states "
+            "(0 = embedding output, i = output of layer i). Default: the layers make_student copied, else "
+            "uniformly spaced, last to last."
+        },
+    )
+    encoder_layer_map: dict | str | None = field(
+        default=None, metadata={"help": "Whisper: JSON map student encoder layer -> teacher encoder layer."}
+    )
+    decoder_layer_map: dict | str | None = field(
+        default=None, metadata={"help": "Whisper: JSON map student decoder layer -> teacher decoder layer."}
+    )
+    projection: str = field(
+        default="linear",
+        metadata={
+            "help": "Learned map from student to teacher hidden size: 'linear', 'mlp' (linear-GELU-linear), or "
+            "'none' (only when both sizes are equal)."
+        },
+    )
+    projection_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the projections (default: learning_rate)."}
+    )
+    share_frozen_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "Whisper: when the student's encoder is frozen and equal to the teacher's, run it once and "
+            "give its output to the teacher (about halves the teacher's cost)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        for name in ("alpha_ce", "alpha_kd", "alpha_hidden"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.alpha_ce == self.alpha_kd == self.alpha_hidden == 0:
+            raise ValueError("alpha_ce, alpha_kd and alpha_hidden are all 0: nothing to train. Set at least one > 0.")
+        _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
+        _check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
+        _check_choice("projection", self.projection, PROJECTIONS)
+        _check_choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        if self.projection_learning_rate is not None and not self.projection_learning_rate > 0:
+            raise ValueError(f"projection_learning_rate must be > 0, got {self.projection_learning_rate}.")
+        for name in LAYER_MAP_FIELDS:
+            setattr(self, name, parse_layer_map(name, getattr(self, name)))

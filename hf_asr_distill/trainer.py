@@ -1,0 +1,356 @@
+"""`DistillationTrainer`: a `Seq2SeqTrainer` whose loss mixes hard labels, teacher outputs and hidden states."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import defaultdict
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, Seq2SeqTrainer
+from transformers.models.whisper.modeling_whisper import shift_tokens_right
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .config import DistillationConfig
+from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS, align_time, masked_mean, masked_sum
+from .projection import build_projections, projection_key
+from .student import hidden_size, layer_counts, load_model, model_family
+
+logger = logging.getLogger(__name__)
+
+TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROJECTIONS_FILE = "projections.safetensors"
+# Name under which projections hang off the student while `train()` runs, so that DDP/FSDP/DeepSpeed, the
+# optimizer and gradient clipping treat them like any student parameter. Saving strips them again.
+PROJECTION_ATTR = "distillation_projections"
+
+
+def check_pair(teacher: PreTrainedModel, student: PreTrainedModel, args: DistillationConfig) -> str:
+    """Refuse teacher/student pairs that cannot be distilled; return the family ('whisper' or 'ctc')."""
+    t_family, s_family = model_family(teacher), model_family(student)
+    if t_family != s_family:
+        raise ValueError(
+            f"Teacher is a {t_family} model but the student is a {s_family} model: output-layer and hidden-state "
+            "KD need the same family. Train across families with teacher pseudo-labels instead."
+        )
+    t_vocab, s_vocab = teacher.config.vocab_size, student.config.vocab_size
+    if args.alpha_kd > 0 and t_vocab != s_vocab:
+        raise ValueError(
+            f"teacher vocab {t_vocab} != student vocab {s_vocab}: output-layer KD compares distributions over the "
+            "same vocabulary. Use the teacher's tokenizer for the student, or set alpha_kd=0."
+        )
+    return t_family
+
+
+def _default_map(n_student: int, n_teacher: int, copied: dict[str, int] | None) -> dict[int, int]:
+    """Hidden-state indices: each student layer to the teacher layer it was copied from, else spaced, last to last."""
+    if copied is not None and len(copied) == n_student:
+        return {int(s) + 1: int(t) + 1 for s, t in copied.items()}
+    return {s: round(s * n_teacher / n_student) for s in range(1, n_student + 1)}
+
+
+class DistillationTrainer(Seq2SeqTrainer):
+    """Trainer that distils `teacher_model` into `model` (the student).
+
+    The loss is `alpha_ce * hard + alpha_kd * output_kd + alpha_hidden * hidden`, each term logged as `loss_ce`,
+    `loss_kd` and `loss_hidden`. Whisper uses token-level KD over label positions; CTC models frame-level KD over
+    non-padded frames. The teacher is frozen, in eval mode, run without gradients, never wrapped for gradient
+    synchronisation and never saved with the student.
+    """
+
+    # compute_loss scales its own terms for gradient accumulation (token sums over `num_items_in_batch`).
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | None = None,
+        teacher_model: PreTrainedModel | str | None = None,
+        args: DistillationConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(args, DistillationConfig):
+            raise TypeError("DistillationTrainer needs args=DistillationConfig(...) (it carries the KD settings).")
+        if model is None or teacher_model is None:
+            raise ValueError("DistillationTrainer needs both model= (the student) and teacher_model=.")
+        teacher_dtype = TEACHER_DTYPES[args.teacher_dtype]
+        if isinstance(teacher_model, str):
+            teacher_model = load_model(teacher_model, dtype=teacher_dtype)
+        self.family = check_pair(teacher_model, model, args)
+        super().__init__(model=model, args=args, **kwargs)
+        # Whisper: let Trainer count label tokens over the accumulated batch (and across processes).
+        self.model_accepts_loss_kwargs = self.family == "whisper"
+        self.teacher = self._prepare_teacher(teacher_model.to(teacher_dtype))
+        self.share_encoder = self._can_share_encoder()
+        self.layer_maps = self._resolve_layer_maps()
+        dims = {stack: (hidden_size(self.model.config), hidden_size(self.teacher.config)) for stack in self.layer_maps}
+        self.projections = build_projections(self.layer_maps, dims, args.projection).to(args.device)
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        logger.info("Distillation: family=%s shared encoder=%s layer maps=%s", self.family, self.share_encoder,
+                    self.layer_maps)
+
+    # ---- teacher ---------------------------------------------------------------------------------------------
+
+    @property
+    def _needs_teacher(self) -> bool:
+        return self.args.alpha_kd > 0 or self.args.alpha_hidden > 0
+
+    def _prepare_teacher(self, teacher: PreTrainedModel) -> PreTrainedModel:
+        teacher.eval()
+        teacher.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            raise NotImplementedError("DeepSpeed is not supported yet by DistillationTrainer; use DDP or FSDP.")
+        # evaluation_mode places the teacher on the device without a DDP wrapper (no gradient sync).
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _can_share_encoder(self) -> bool:
+        """Whisper: the student's encoder is frozen and equal to the teacher's, so the teacher can reuse its output."""
+        if self.family != "whisper" or not self.args.share_frozen_encoder:
+            return False
+        s_enc = self.accelerator.unwrap_model(self.model).model.encoder
+        t_enc = self.accelerator.unwrap_model(self.teacher).model.encoder
+        if any(p.requires_grad for p in s_enc.parameters()):
+            return False
+        s_state, t_state = s_enc.state_dict(), t_enc.state_dict()
+        if s_state.keys() != t_state.keys():
+            return False
+        return all(
+            s_state[k].shape == t_state[k].shape and torch.equal(s_state[k].to(t_state[k]), t_state[k]) for k in s_state
+        )
+
+    # ---- layer maps and projections --------------------------------------------------------------------------
+
+    def _explicit_maps(self) -> dict[str, dict[int, int] | None]:
+        args = self.args
+        if self.family == "whisper":
+            if args.hidden_layer_map is not None:
+                raise ValueError("Whisper uses encoder_layer_map and decoder_layer_map, not hidden_layer_map.")
+            return {"encoder": args.encoder_layer_map, "decoder": args.decoder_layer_map}
+        if args.encoder_layer_map is not None or args.decoder_layer_map is not None:
+            raise ValueError("CTC models use hidden_layer_map, not encoder_layer_map/decoder_layer_map.")
+        return {"encoder": args.hidden_layer_map}
+
+    def _resolve_layer_maps(self) -> dict[str, dict[int, int]]:
+        """Hidden-state layer maps per stack, in `output_hidden_states` indices; empty when alpha_hidden is 0."""
+        if self.args.alpha_hidden == 0:
+            return {}
+        s_counts, t_counts = layer_counts(self.model.config), layer_counts(self.teacher.config)
+        copied = getattr(self.model.config, "distillation_layer_map", None) or {}
+        maps = {}
+        for stack, explicit in self._explicit_maps().items():
+            if stack == "encoder" and self.share_encoder:
+                if explicit:
+                    raise ValueError("encoder_layer_map is pointless: the frozen student encoder equals the teacher's.")
+                continue
+            layer_map = explicit if explicit is not None else _default_map(
+                s_counts[stack], t_counts[stack], copied.get(stack))
+            for s, t in layer_map.items():
+                if s > s_counts[stack] or t > t_counts[stack]:
+                    raise ValueError(
+                        f"{stack} layer map {layer_map} names a layer that does not exist: the student has hidden "
+                        f"states 0..{s_counts[stack]}, the teacher 0..{t_counts[stack]}."
+                    )
+            if layer_map:
+                maps[stack] = layer_map
+        if not maps:
+            raise ValueError("alpha_hidden > 0 but no layer pair is left to match; give a layer map.")
+        return maps
+
+    @contextlib.contextmanager
+    def _projections_attached(self) -> Iterator[None]:
+        if len(self.projections) == 0:
+            yield
+            return
+        self.model.add_module(PROJECTION_ATTR, self.projections)
+        try:
+            yield
+        finally:
+            delattr(self.model, PROJECTION_ATTR)
+
+    def train(self, *args: Any, **kwargs: Any):
+        """Train the student; projections join the model for the run and leave it afterwards."""
+        with self._projections_attached():
+            return super().train(*args, **kwargs)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, with the projections in their own parameter group (own learning rate, no decay)."""
+        user_optimizer = self.optimizer is not None
+        optimizer = super().create_optimizer(model)
+        ids = {id(p) for p in self.projections.parameters()}
+        if ids and not user_optimizer:
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+            lr = self.args.projection_learning_rate or self.args.learning_rate
+            optimizer.add_param_group(
+                {"params": list(self.projections.parameters()), "lr": lr, "weight_decay": 0.0, "is_projection": True}
+            )
+        return optimizer
+
+    # ---- saving and resuming ---------------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save the student only: projection keys never reach the exported weights."""
+        if hasattr(self.model, PROJECTION_ATTR):
+            state_dict = self.model.state_dict() if state_dict is None else state_dict
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(PROJECTION_ATTR + ".")}
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if len(self.projections) and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            state = {k: v.detach().contiguous().cpu() for k, v in self.projections.state_dict().items()}
+            save_file(state, os.path.join(folder, PROJECTIONS_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        attached = hasattr(self.model, PROJECTION_ATTR)
+        if attached:  # the checkpoint's model weights are the student alone
+            delattr(self.model, PROJECTION_ATTR)
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        finally:
+            if attached:
+                self.model.add_module(PROJECTION_ATTR, self.projections)
+        if len(self.projections):
+            path = os.path.join(resume_from_checkpoint, PROJECTIONS_FILE)
+            if not os.path.isfile(path):
+                raise ValueError(f"{resume_from_checkpoint} has no {PROJECTIONS_FILE}, but this run distils hidden "
+                                 "states; resume with the same alpha_hidden and layer maps it was saved with.")
+            self.projections.load_state_dict(load_file(path, device=str(self.args.device)))
+
+    # ---- the loss --------------------------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """`alpha_ce * hard + alpha_kd * kd + alpha_hidden * hidden`, scaled for gradient accumulation.
+
+        Whisper's token-level terms are sums over label tokens divided by `num_items_in_batch` (all label tokens
+        of the accumulated batch, across processes), so the loss is exact under gradient accumulation. Per-batch
+        means (CTC, hidden states) are divided by the number of accumulation steps.
+        """
+        if self.family == "whisper":
+            token_terms, count, mean_terms, outputs = self._whisper_terms(model, inputs)
+        else:
+            token_terms, count, mean_terms, outputs = self._ctc_terms(model, inputs)
+        ga_steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        ga_steps = ga_steps if model.training else 1
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            token_scale = self.accelerator.num_processes / num_items_in_batch  # DDP averages gradients over processes
+        elif num_items_in_batch is not None:
+            token_scale = 1 / num_items_in_batch
+        else:
+            token_scale = 1 / (count.clamp(min=1) * ga_steps)
+        weights = {"ce": self.args.alpha_ce, "kd": self.args.alpha_kd, "hidden": self.args.alpha_hidden}
+        loss = sum(weights[name] * value * token_scale for name, value in token_terms.items())
+        loss = loss + sum(weights[name] * value / ga_steps for name, value in mean_terms.items())
+        metrics = self._metrics["train" if model.training else "eval"]
+        for name, value in token_terms.items():
+            metrics[f"loss_{name}"].append((value / count.clamp(min=1)).detach())
+        for name, value in mean_terms.items():
+            metrics[f"loss_{name}"].append(value.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def _whisper_terms(self, model: nn.Module, inputs: dict[str, Any]):
+        args = self.args
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        config = self.accelerator.unwrap_model(model).config
+        if "decoder_input_ids" not in inputs:
+            inputs["decoder_input_ids"] = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+        want_hidden = args.alpha_hidden > 0
+        outputs = model(**inputs, output_hidden_states=want_hidden)
+        mask = labels.ne(-100)
+        token_terms = {}
+        if args.alpha_ce > 0:
+            ce = F.cross_entropy(outputs.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                 reduction="sum")
+            token_terms["ce"] = ce
+        mean_terms = {}
+        if self._needs_teacher:
+            teacher_out = self._whisper_teacher(inputs, outputs, want_hidden)
+            if args.alpha_kd > 0:
+                per_token = KD_LOSS_FNS[args.kd_loss](outputs.logits, teacher_out.logits, args.temperature)
+                token_terms["kd"] = masked_sum(per_token, mask)[0]
+            if want_hidden:
+                states = {"encoder": (outputs.encoder_hidden_states, teacher_out.encoder_hidden_states, None),
+                          "decoder": (outputs.decoder_hidden_states, teacher_out.decoder_hidden_states, mask)}
+                mean_terms["hidden"] = self._hidden_loss(states)
+        return token_terms, mask.sum(), mean_terms, outputs
+
+    def _whisper_teacher(self, inputs: dict[str, Any], student_out: Any, want_hidden: bool):
+        dtype = self.teacher.dtype
+        teacher_inputs = dict(inputs)
+        features = teacher_inputs.pop("input_features")
+        if self.share_encoder:
+            # The frozen student encoder is the teacher's: reuse its output instead of a second encoder pass.
+            teacher_inputs["encoder_outputs"] = (student_out.encoder_last_hidden_state.to(dtype),)
+        else:
+            teacher_inputs["input_features"] = features.to(dtype)
+        with torch.no_grad():
+            return self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
+
+    def _ctc_terms(self, model: nn.Module, inputs: dict[str, Any]):
+        args = self.args
+        want_hidden = args.alpha_hidden > 0
+        outputs = model(**inputs, output_hidden_states=want_hidden)
+        mean_terms = {}
+        if args.alpha_ce > 0:
+            mean_terms["ce"] = outputs.loss
+        if self._needs_teacher:
+            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            teacher_inputs["input_values"] = teacher_inputs["input_values"].to(self.teacher.dtype)
+            with torch.no_grad():
+                teacher_out = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
+            frames = outputs.logits.shape[1]
+            mask = self._frame_mask(model, inputs.get("attention_mask"), frames)
+            if args.alpha_kd > 0:
+                teacher_logits = align_time(teacher_out.logits, frames)
+                per_frame = KD_LOSS_FNS[args.kd_loss](outputs.logits, teacher_logits, args.temperature)
+                mean_terms["kd"] = masked_mean(per_frame, mask)
+            if want_hidden:
+                mean_terms["hidden"] = self._hidden_loss(
+                    {"encoder": (outputs.hidden_states, teacher_out.hidden_states, mask)})
+        zero = outputs.logits.new_zeros(())
+        return {}, zero, mean_terms, outputs
+
+    def _frame_mask(self, model: nn.Module, attention_mask: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+        """Which student frames hold audio (not padding), from the sample-level attention mask."""
+        if attention_mask is None:
+            return None
+        lengths = self.accelerator.unwrap_model(model)._get_feat_extract_output_lengths(attention_mask.sum(-1))
+        return torch.arange(frames, device=attention_mask.device)[None, :] < lengths[:, None]
+
+    def _hidden_loss(self, states: dict[str, tuple[Any, Any, torch.Tensor | None]]) -> torch.Tensor:
+        """Mean over mapped layer pairs of the hidden loss between projected student and (time-aligned) teacher."""
+        loss_fn = HIDDEN_LOSS_FNS[self.args.hidden_loss]
+        losses = {}
+        for stack, layer_map in self.layer_maps.items():
+            student_states, teacher_states, mask = states[stack]
+            for s, t in layer_map.items():
+                key = projection_key(stack, s, t)
+                projected = self.projections[key](student_states[s])
+                target = align_time(teacher_states[t], projected.shape[1])
+                losses[key] = masked_mean(loss_fn(projected, target), mask)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("hidden losses: %s", {k: round(v.item(), 5) for k, v in losses.items()})
+        return torch.stack(list(losses.values())).mean()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log (`loss_ce`, `loss_kd`, `loss_hidden`)."""
+        mode = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
+        if mode is not None:
+            prefix = "" if mode == "train" else "eval_"
+            for name, values in self._metrics[mode].items():
+                value = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean")
+                logs[prefix + name] = round(value.item(), 6)
+            self._metrics[mode].clear()
+        super().log(logs, start_time)
