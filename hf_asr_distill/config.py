@@ -48,6 +48,13 @@ class DistillationConfig(Seq2SeqTrainingArguments):
     Defaults follow distil-whisper: T = 2, CE weight 0.8, KD weight 1.0, forward KL scaled by T^2.
     """
 
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop dataset columns the model's forward does not take. Off by default: datasets prepared with "
+            "prepare_dataset extract features on the fly from their audio and text columns."
+        },
+    )
     temperature: float = field(
         default=2.0,
         metadata={"help": "Softmax temperature for output-layer KD (> 0). Evaluation always uses T = 1."},

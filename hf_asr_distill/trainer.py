@@ -138,6 +138,12 @@ class DistillationTrainer(Seq2SeqTrainer):
         """Hidden-state layer maps per stack, in `output_hidden_states` indices; empty when alpha_hidden is 0."""
         if self.args.alpha_hidden == 0:
             return {}
+        for name in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop"):
+            if getattr(self.model.config, name, 0) > 0:
+                raise ValueError(
+                    f"The student has {name}={getattr(self.model.config, name)}: layers dropped at random cannot be "
+                    f"matched to teacher layers. Set student.config.{name} = 0.0 for hidden-state distillation."
+                )
         s_counts, t_counts = layer_counts(self.model.config), layer_counts(self.teacher.config)
         copied = getattr(self.model.config, "distillation_layer_map", None) or {}
         maps = {}

@@ -139,3 +139,10 @@ def test_resume_without_projections_file_is_refused(tmp_path):
     again = _run(tmp_path, "again")
     with pytest.raises(ValueError, match="no projections.safetensors"):
         again.train(resume_from_checkpoint=str(tmp_path / "run/out/checkpoint-2"))
+
+
+def test_layerdrop_student_is_refused_for_hidden_distillation(tmp_path):
+    teacher = tiny_ctc()
+    student, _ = make_student(teacher, num_hidden_layers=2, layerdrop=0.1)
+    with pytest.raises(ValueError, match=r"layerdrop=0.1.*student.config.layerdrop = 0.0"):
+        make_trainer(tmp_path, teacher, student, ctc_rows(), alpha_hidden=1.0)
