@@ -1,7 +1,8 @@
 """hf_asr_distill: distil a large speech-recognition model into a small, fast student with Transformers' Trainer."""
 
 from .config import DistillationConfig
-from .data import CTCCollator, WhisperCollator, collator_for
+from .data import CTCCollator, WhisperCollator, collator_for, load_speech_dataset, prepare_dataset
+from .evaluation import asr_scores, evaluate_model, wer_metrics
 from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS
 from .student import load_model, make_student
 from .trainer import DistillationTrainer
@@ -15,7 +16,12 @@ __all__ = [
     "HIDDEN_LOSS_FNS",
     "KD_LOSS_FNS",
     "WhisperCollator",
+    "asr_scores",
     "collator_for",
+    "evaluate_model",
+    "load_speech_dataset",
+    "prepare_dataset",
+    "wer_metrics",
     "load_model",
     "make_student",
 ]

@@ -76,3 +76,86 @@ def ctc_rows(n: int = 8, seed: int = 0):
 def _quiet_and_seeded(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
+
+
+CTC_CHARS = "abcdefghij"  # with <pad>=0 and |=1 this gives the tiny CTC vocab of 12
+
+
+def ctc_processor(folder):
+    """A real Wav2Vec2Processor over a 12-symbol character vocabulary."""
+    import json
+
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2Processor
+
+    vocab = {"<pad>": 0, "|": 1, **{c: i + 2 for i, c in enumerate(CTC_CHARS)}}
+    path = folder / "vocab.json"
+    path.write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(path), unk_token="<pad>", pad_token="<pad>", word_delimiter_token="|")
+    return Wav2Vec2Processor(feature_extractor=ctc_features(), tokenizer=tokenizer)
+
+
+def write_corpus(folder, n=6, rate=16000, seed=0):
+    """An audiofolder: n short noise clips with letter transcripts, and metadata.csv."""
+    import csv
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = f"clip{i}.wav"
+        sf.write(folder / name, 0.1 * rng.standard_normal(int(rate * (0.1 + 0.02 * i))), rate)
+        text = " ".join("".join(rng.choice(list(CTC_CHARS), 3)) for _ in range(2))
+        rows.append({"file_name": name, "text": text})
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file_name", "text"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+
+
+def whisper_processor(folder):
+    """A real WhisperProcessor: byte-level tokenizer (256 bytes + Whisper's special tokens), 1 s log-mel windows."""
+    import json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import WhisperProcessor, WhisperTokenizer
+
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    for token in WHISPER_SPECIALS:
+        vocab[token] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    eot = "<|endoftext|>"
+    tokenizer = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), bos_token=eot,
+                                 eos_token=eot, unk_token=eot, pad_token=eot)
+    tokenizer.add_special_tokens({"additional_special_tokens": WHISPER_SPECIALS[1:]})
+    extractor = WhisperFeatureExtractor(feature_size=8, chunk_length=1)  # 100 frames
+    return WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+def tiny_real_whisper(processor, decoder_layers: int = 4, seed: int = 0):
+    """A tiny Whisper whose vocabulary, special tokens and generation config match `whisper_processor`."""
+    from transformers import GenerationConfig
+
+    torch.manual_seed(seed)
+    tok = processor.tokenizer
+    eot, sot, notimestamps = (tok.convert_tokens_to_ids(t) for t in
+                              ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"))
+    config = WhisperConfig(
+        vocab_size=len(tok), num_mel_bins=8, d_model=32, encoder_layers=4, decoder_layers=decoder_layers,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=50, max_target_positions=64, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+        decoder_start_token_id=sot,
+    )
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        no_timestamps_token_id=notimestamps, is_multilingual=False, max_length=64, forced_decoder_ids=None,
+    )
+    return model

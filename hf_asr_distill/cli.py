@@ -1,0 +1,197 @@
+"""`hf-asr-distill <command>`: a thin layer of HfArgumentParser over the dataclasses the Python API uses.
+
+Every command takes flags, and `--config FILE.yaml|.json` whose keys are the same names as the flags (flags win).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from transformers import AutoProcessor, HfArgumentParser
+
+from .config import DistillationConfig
+
+
+@dataclass
+class TeacherArguments:
+    teacher: str = field(metadata={"help": "Teacher: a Hub id (openai/whisper-small) or a local path."})
+    processor: str | None = field(default=None, metadata={"help": "Processor to use (default: the teacher's)."})
+
+
+@dataclass
+class StudentArguments:
+    student: str | None = field(
+        default=None, metadata={"help": "An existing student (Hub id or path). Default: shrink the teacher."})
+    encoder_layers: int | None = field(default=None, metadata={"help": "Whisper: student encoder layers."})
+    decoder_layers: int | None = field(default=None, metadata={"help": "Whisper: student decoder layers."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "CTC: student transformer layers."})
+    hidden_size: int | None = field(default=None, metadata={"help": "CTC: student hidden size."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "CTC: student feed-forward size."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "CTC: student attention heads."})
+    d_model: int | None = field(default=None, metadata={"help": "Whisper: student hidden size."})
+    freeze_encoder: bool = field(default=False, metadata={"help": "Whisper: freeze the student's encoder."})
+
+    def shrink(self) -> dict[str, int]:
+        names = ("encoder_layers", "decoder_layers", "num_hidden_layers", "hidden_size", "intermediate_size",
+                 "num_attention_heads", "d_model")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(metadata={"help": "Hub id, audiofolder, CSV/JSONL manifest, or saved dataset path."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on after training."})
+    audio_column: str = field(default="audio", metadata={"help": "Column with the audio."})
+    text_column: str = field(default="text", metadata={"help": "Column with the transcript."})
+    max_seconds: float | None = field(default=None, metadata={"help": "Drop longer audio (Whisper: 30)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per split."})
+    on_error: str = field(default="raise", metadata={"help": "Bad rows: 'raise' (name the row) or 'skip' (count)."})
+
+
+@dataclass
+class EvalArguments:
+    student: list[str] = field(metadata={"help": "Student(s) to compare with the teacher (Hub ids or paths)."})
+    dataset: str = field(metadata={"help": "Hub id, audiofolder, CSV/JSONL manifest, or saved dataset path."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    output_dir: str = field(default="report", metadata={"help": "Where report.json/.md/.png are written."})
+    audio_column: str = field(default="audio", metadata={"help": "Column with the audio."})
+    text_column: str = field(default="text", metadata={"help": "Column with the transcript."})
+    batch_size: int = field(default=8, metadata={"help": "Inference batch size for accuracy and timing."})
+    repeats: int = field(default=2, metadata={"help": "Timed passes over the set (the fastest counts)."})
+    warmup: int = field(default=1, metadata={"help": "Untimed warm-up batches."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate at most this many rows."})
+    english: bool = field(default=True, metadata={"help": "Whisper English normaliser (else the basic one)."})
+    device: str = field(default="cpu", metadata={"help": "Device to run on: cpu, cuda, cuda:1, ..."})
+
+
+def _parse(dataclasses: tuple, argv: list[str], prog: str = "hf-asr-distill") -> tuple:
+    """Parse flags, with `--config FILE` (YAML/JSON) giving defaults; unknown keys or flags are errors."""
+    parser = HfArgumentParser(dataclasses, prog=prog)
+    if "--config" in argv:
+        i = argv.index("--config")
+        path, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2 :]
+        values = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"{path}: unknown option(s) {unknown}; see --help for the accepted names.")
+        values = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in values.items()}
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
+        parser.set_defaults(**values)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # unknown flags and bad values: a message, not a traceback
+        raise SystemExit(f"{prog}: {err}") from err
+
+
+def _limit(ds: Any, n: int | None) -> Any:
+    return ds.select(range(min(n, len(ds)))) if n else ds
+
+
+def cmd_create_student(argv: list[str]) -> None:
+    """Shrink a teacher into a student and save it (with the processor and the layer map)."""
+    from .student import load_model, make_student
+
+    dataclasses = (TeacherArguments, StudentArguments, OutputArguments)
+    teacher_args, student_args, out = _parse(dataclasses, argv, "hf-asr-distill create-student")
+    teacher = load_model(teacher_args.teacher)
+    student, layer_map = make_student(teacher, freeze_encoder=student_args.freeze_encoder, **student_args.shrink())
+    student.save_pretrained(out.output_dir)
+    AutoProcessor.from_pretrained(teacher_args.processor or teacher_args.teacher).save_pretrained(out.output_dir)
+    print(f"student saved to {out.output_dir}; layers copied from the teacher: {json.dumps(layer_map)}")
+
+
+@dataclass
+class OutputArguments:
+    output_dir: str = field(metadata={"help": "Where the student is written."})
+
+
+def cmd_distill(argv: list[str]) -> None:
+    """Distil a student from a teacher on a dataset; evaluate it afterwards when --eval_split is given."""
+    from .data import collator_for, load_speech_dataset, prepare_dataset
+    from .student import load_model, make_student
+    from .trainer import DistillationTrainer
+
+    dataclasses = (TeacherArguments, StudentArguments, DataArguments, DistillationConfig)
+    t_args, s_args, d_args, config = _parse(dataclasses, argv, "hf-asr-distill distill")
+    processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
+    teacher = load_model(t_args.teacher)
+    if s_args.student:
+        student = load_model(s_args.student)
+    else:
+        student, _ = make_student(teacher, freeze_encoder=s_args.freeze_encoder, **s_args.shrink())
+    prepare = dict(processor=processor, model=teacher, audio_column=d_args.audio_column,
+                   text_column=d_args.text_column, max_seconds=d_args.max_seconds, on_error=d_args.on_error)
+    raw = load_speech_dataset(d_args.dataset, d_args.train_split, d_args.audio_column, d_args.text_column)
+    train, stats = prepare_dataset(_limit(raw, d_args.max_samples), **prepare)
+    print(f"training on {stats.kept} rows ({stats})")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, processing_class=processor,
+                                  train_dataset=train, data_collator=collator_for(processor, student))
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model()
+    if d_args.eval_split:
+        raw = load_speech_dataset(d_args.dataset, d_args.eval_split, d_args.audio_column, d_args.text_column)
+        test, _ = prepare_dataset(_limit(raw, d_args.max_samples), **prepare)
+        _report({"teacher": trainer.teacher, "student": trainer.model}, processor, test,
+                Path(config.output_dir) / "report", batch_size=config.per_device_eval_batch_size)
+
+
+def _report(models: dict, processor: Any, dataset: Any, output_dir: Path, **kwargs: Any) -> list:
+    from .evaluation import compare, evaluate_model, report_table, write_report
+
+    results = compare([evaluate_model(name, model, processor, dataset, **kwargs) for name, model in models.items()])
+    paths = write_report(results, output_dir, meta={"utterances": len(dataset)})
+    print(report_table(results))
+    print(f"report written to {paths['md']}, {paths['json']}, {paths['png']}")
+    return results
+
+
+def cmd_evaluate(argv: list[str]) -> None:
+    """Compare the teacher and student(s): WER, CER, runaways, params, size, latency, RTFx, speed-up."""
+    import torch
+
+    from .data import load_speech_dataset, prepare_dataset
+    from .student import load_model
+
+    t_args, e_args = _parse((TeacherArguments, EvalArguments), argv, "hf-asr-distill evaluate")
+    processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
+    device = torch.device(e_args.device)
+    models = {"teacher": load_model(t_args.teacher).to(device)}
+    for path in e_args.student:
+        models[Path(path).name if len(e_args.student) > 1 else "student"] = load_model(path).to(device)
+    raw = load_speech_dataset(e_args.dataset, e_args.split, e_args.audio_column, e_args.text_column)
+    dataset, _ = prepare_dataset(_limit(raw, e_args.max_samples), processor, models["teacher"],
+                                 e_args.audio_column, e_args.text_column)
+    _report(models, processor, dataset, Path(e_args.output_dir), batch_size=e_args.batch_size,
+            repeats=e_args.repeats, warmup=e_args.warmup, english=e_args.english)
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "create-student": cmd_create_student,
+    "distill": cmd_distill,
+    "evaluate": cmd_evaluate,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `hf-asr-distill` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:16s}{fn.__doc__.splitlines()[0]}" for name, fn in COMMANDS.items()]
+        print("usage: hf-asr-distill <command> [--config FILE] [options]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"unknown command {argv[0]!r}")
+        return
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

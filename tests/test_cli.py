@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from conftest import ctc_processor, tiny_ctc, write_corpus
+from hf_asr_distill.cli import COMMANDS, DataArguments, _parse, main
+from hf_asr_distill.config import DistillationConfig
+from hf_asr_distill.trainer import PROJECTION_ATTR
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_for_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"hf-asr-distill {command}" in capsys.readouterr().out
+
+
+def test_top_level_help_and_unknown_command(capsys):
+    main(["--help"])
+    assert "create-student" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown command 'fly'"):
+        main(["fly"])
+
+
+def test_unknown_flags_are_errors_and_booleans_parse():
+    with pytest.raises(SystemExit, match="not_a_flag"):
+        _parse((DistillationConfig,), ["--output_dir", "x", "--not_a_flag", "1"])
+    with pytest.raises(SystemExit, match="choose one of kl, soft_ce"):
+        _parse((DistillationConfig,), ["--output_dir", "x", "--kd_loss", "mse"])
+    (args,) = _parse((DistillationConfig,), ["--output_dir", "x", "--push_to_hub", "False", "--report_to", "none",
+                                             "--share_frozen_encoder", "false"])
+    assert args.push_to_hub is False and args.share_frozen_encoder is False
+
+
+def test_config_file_gives_defaults_and_flags_win(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": "o", "temperature": 3.0, "decoder_layer_map": {1: 4},
+                                    "report_to": "none", "dataset": "d"}))
+    config, data = _parse((DistillationConfig, DataArguments), ["--config", str(path), "--temperature", "4"])
+    assert config.temperature == 4.0 and config.decoder_layer_map == {1: 4} and data.dataset == "d"
+    path.write_text(json.dumps({"output_dir": "o", "temprature": 3}))
+    with pytest.raises(SystemExit, match=r"unknown option\(s\) \['temprature'\]"):
+        _parse((DistillationConfig,), ["--config", str(path)])
+
+
+@pytest.fixture
+def saved_teacher(tmp_path):
+    teacher = tiny_ctc(num_hidden_layers=4)
+    teacher.save_pretrained(tmp_path / "teacher")
+    ctc_processor(tmp_path).save_pretrained(tmp_path / "teacher")
+    write_corpus(tmp_path / "corpus" / "train", n=8)
+    write_corpus(tmp_path / "corpus" / "test", n=4, seed=1)
+    return tmp_path
+
+
+def test_create_student_distill_and_evaluate_end_to_end(saved_teacher, capsys):
+    root = saved_teacher
+    main(["create-student", "--teacher", str(root / "teacher"), "--num_hidden_layers", "2",
+          "--output_dir", str(root / "small")])
+    assert '"encoder": {"0": 0, "1": 3}' in capsys.readouterr().out
+    main(["distill", "--teacher", str(root / "teacher"), "--student", str(root / "small"),
+          "--dataset", str(root / "corpus"), "--eval_split", "test", "--output_dir", str(root / "run"),
+          "--max_steps", "2", "--per_device_train_batch_size", "4", "--alpha_hidden", "1.0",
+          "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"])
+    out = capsys.readouterr().out
+    assert "| student |" in out and (root / "run" / "report" / "report.json").exists()
+    assert not any(PROJECTION_ATTR in k for k in load_file(str(root / "run" / "model.safetensors")))
+    main(["evaluate", "--teacher", str(root / "teacher"), "--student", str(root / "run"), str(root / "small"),
+          "--dataset", str(root / "corpus"), "--output_dir", str(root / "eval"), "--batch_size", "2",
+          "--repeats", "1"])
+    names = [r["name"] for r in json.loads((root / "eval" / "report.json").read_text())["results"]]
+    assert names == ["teacher", "run", "small"]
