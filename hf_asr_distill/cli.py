@@ -174,10 +174,57 @@ def cmd_evaluate(argv: list[str]) -> None:
             repeats=e_args.repeats, warmup=e_args.warmup, english=e_args.english)
 
 
+@dataclass
+class PushArguments:
+    student: str = field(metadata={"help": "Folder of the saved student (e.g. the distill --output_dir)."})
+    repo_id: str = field(metadata={"help": "Hub repository to create or update, e.g. me/whisper-tiny.en-distil."})
+    teacher: str | None = field(
+        default=None, metadata={"help": "The teacher's Hub id (default: the one in STUDENT/distillation.json)."})
+    report: str | None = field(
+        default=None, metadata={"help": "report.json from `evaluate` (default: STUDENT/report/report.json)."})
+    train_dataset: str | None = field(default=None, metadata={"help": "Training data (Hub id) for the card."})
+    eval_dataset: str | None = field(default=None, metadata={"help": "Evaluation data (Hub id) for the card."})
+    student_name: str = field(default="student", metadata={"help": "The student's row name in the report."})
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    dry_run: bool = field(default=False, metadata={"help": "Write README.md (the card) but upload nothing."})
+
+
+def cmd_push(argv: list[str]) -> None:
+    """Render the model card from the evaluation report and upload the student (never the teacher)."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    from .model_card import build_model_card, push_student, results_from_report
+
+    (a,) = _parse((PushArguments,), argv, "hf-asr-distill push")
+    folder = Path(a.student)
+    report = Path(a.report) if a.report else folder / "report" / "report.json"
+    results, meta = results_from_report(report) if report.exists() else ([], {})
+    if report.with_suffix(".png").exists():
+        shutil.copy(report.with_suffix(".png"), folder / "report.png")
+        meta["chart"] = True
+    record_path = folder / "distillation.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    teacher = a.teacher or record.get("teacher")
+    if teacher is None:
+        raise SystemExit(f"{record_path} not found: pass --teacher (the card's base_model).")
+    meta["layer_maps"] = record.get("layer_maps")
+    card = build_model_card(a.repo_id, teacher, record.get("recipe", {}), AutoConfig.from_pretrained(folder), results,
+                            meta, student_name=a.student_name, train_dataset=a.train_dataset,
+                            eval_dataset=a.eval_dataset, steps=record.get("steps"))
+    if a.dry_run:
+        card.save(folder / "README.md")
+        print(f"card written to {folder / 'README.md'} (dry run: nothing uploaded)")
+        return
+    print(push_student(folder, a.repo_id, card, private=a.private))
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "create-student": cmd_create_student,
     "distill": cmd_distill,
     "evaluate": cmd_evaluate,
+    "push": cmd_push,
 }
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -17,6 +20,7 @@ from transformers.models.whisper.modeling_whisper import shift_tokens_right
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import DistillationConfig
+from .model_card import RECIPE_FIELDS, build_model_card, push_student, results_from_report
 from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS, align_time, masked_mean, masked_sum
 from .projection import build_projections, projection_key
 from .student import hidden_size, layer_counts, load_model, model_family
@@ -25,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROJECTIONS_FILE = "projections.safetensors"
+RECORD_FILE = "distillation.json"
 # Name under which projections hang off the student while `train()` runs, so that DDP/FSDP/DeepSpeed, the
 # optimizer and gradient clipping treat them like any student parameter. Saving strips them again.
 PROJECTION_ATTR = "distillation_projections"
@@ -92,6 +97,8 @@ class DistillationTrainer(Seq2SeqTrainer):
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         logger.info("Distillation: family=%s shared encoder=%s layer maps=%s", self.family, self.share_encoder,
                     self.layer_maps)
+        if args.push_to_hub:
+            self.model_card()  # a card that cannot render fails now, not after training
 
     # ---- teacher ---------------------------------------------------------------------------------------------
 
@@ -203,9 +210,28 @@ class DistillationTrainer(Seq2SeqTrainer):
         if hasattr(self.model, PROJECTION_ATTR):
             state_dict = self.model.state_dict() if state_dict is None else state_dict
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(PROJECTION_ATTR + ".")}
-        super()._save(output_dir, state_dict=state_dict)
+        token, self.args.hub_token = self.args.hub_token, None  # training_args.bin must not carry a Hub token
+        try:
+            super()._save(output_dir, state_dict=state_dict)
+        finally:
+            self.args.hub_token = token
+        if self.args.should_save:
+            record = self.distillation_record()
+            Path(output_dir or self.args.output_dir, RECORD_FILE).write_text(json.dumps(record, indent=2))
+
+    def distillation_record(self) -> dict[str, Any]:
+        """How this student was made (recipe, teacher, layer maps, steps): saved beside it as distillation.json."""
+        teacher = self.accelerator.unwrap_model(self.teacher)
+        return {
+            "teacher": teacher.config._name_or_path or "teacher",
+            "recipe": {k: getattr(self.args, k) for k in RECIPE_FIELDS},
+            "layer_maps": {stack: {str(s): t for s, t in m.items()} for stack, m in self.layer_maps.items()},
+            "shared_encoder": self.share_encoder,
+            "steps": self.state.global_step,
+        }
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Trainer's checkpoint plus the projections (`projections.safetensors`)."""
         super()._save_checkpoint(model, trial)
         if len(self.projections) and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
@@ -360,3 +386,36 @@ class DistillationTrainer(Seq2SeqTrainer):
                 logs[prefix + name] = round(value.item(), 6)
             self._metrics[mode].clear()
         super().log(logs, start_time)
+
+    # ---- model card and Hub ----------------------------------------------------------------------------------
+
+    def model_card(self, repo_id: str | None = None, **kwargs: Any):
+        """The student's card: recipe, layer maps, and the report in `output_dir/report/report.json` if present."""
+        output_dir = Path(self.args.output_dir)
+        report = output_dir / "report" / "report.json"
+        results, meta = results_from_report(report) if report.exists() else ([], {})
+        record = self.distillation_record()
+        meta = {**meta, "layer_maps": record["layer_maps"] or None, "chart": report.with_suffix(".png").exists()}
+        return build_model_card(
+            repo_id=repo_id or self.args.hub_model_id or output_dir.name, teacher=record["teacher"],
+            recipe=record["recipe"], student_config=self.accelerator.unwrap_model(self.model).config,
+            results=results, meta=meta, steps=record["steps"], **kwargs,
+        )
+
+    def push_to_hub(self, commit_message: str | None = "End of training", token: str | None = None,
+                    private: bool | None = None, **card_kwargs: Any) -> Any:
+        """Save the student and upload it with its processor, generation config and card (see `push_student`).
+
+        The teacher, projections, checkpoints and training arguments stay local.
+        """
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        card = self.model_card(repo_id, **card_kwargs)
+        chart = Path(self.args.output_dir) / "report" / "report.png"
+        if chart.exists():
+            shutil.copy(chart, Path(self.args.output_dir) / "report.png")
+        return push_student(self.args.output_dir, repo_id, card, token=token or self.args.hub_token,
+                            private=self.args.hub_private_repo if private is None else private,
+                            commit_message=commit_message or "Upload distilled student")

@@ -1,0 +1,100 @@
+"""Model cards that carry the student's numbers, and pushing the student (never the teacher) to the Hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from .config import DistillationConfig
+from .evaluation import ModelResult, report_table
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = resources.files("hf_asr_distill") / "model_cards" / "student_card.md"
+# What a student upload may contain: weights, configs, processor/tokenizer files, the card and its chart.
+UPLOAD_PATTERNS = [
+    "model*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+    "preprocessor_config.json", "processor_config.json", "tokenizer*", "vocab.json", "merges.txt",
+    "normalizer.json", "added_tokens.json", "special_tokens_map.json", "README.md", "report.png", "distillation.json",
+]
+RECIPE_FIELDS = ("alpha_ce", "alpha_kd", "alpha_hidden", "kd_loss", "hidden_loss", "temperature", "projection",
+                 "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps")
+
+
+def results_from_report(path: str | Path) -> tuple[list[ModelResult], dict]:
+    """Read back the results and metadata that `write_report` saved in `report.json`."""
+    payload = json.loads(Path(path).read_text())
+    return [ModelResult(**r) for r in payload["results"]], payload.get("meta", {})
+
+
+def _eval_results(results: list[ModelResult], student: str, dataset: str | None, name: str) -> list[EvalResult]:
+    row = next((r for r in results if r.name == student), None)
+    if row is None or dataset is None:
+        return []
+    common = dict(task_type="automatic-speech-recognition", dataset_type=dataset, dataset_name=name)
+    return [EvalResult(metric_type="wer", metric_value=round(100 * row.scores["wer"], 2), metric_name="WER", **common),
+            EvalResult(metric_type="cer", metric_value=round(100 * row.scores["cer"], 2), metric_name="CER", **common)]
+
+
+def build_model_card(
+    repo_id: str,
+    teacher: str,
+    recipe: DistillationConfig | dict,
+    student_config: Any,
+    results: list[ModelResult] | None = None,
+    meta: dict | None = None,
+    student_name: str = "student",
+    train_dataset: str | None = None,
+    eval_dataset: str | None = None,
+    steps: int | None = None,
+    language: str | list[str] | None = "en",
+    license: str | None = None,
+) -> ModelCard:
+    """Render the card: Hub metadata with a `model-index` of WER/CER, the recipe, and the accuracy/cost table."""
+    results, meta = results or [], meta or {}
+    recipe = asdict(recipe) if isinstance(recipe, DistillationConfig) else dict(recipe)
+    eval_dataset = eval_dataset or meta.get("dataset")
+    data = ModelCardData(
+        language=language, license=license, library_name="transformers", pipeline_tag="automatic-speech-recognition",
+        base_model=teacher, datasets=[d for d in {train_dataset, eval_dataset} if d and "/" in d] or None,
+        tags=["distillation", "hf-asr-distill", student_config.model_type],
+        model_name=repo_id.split("/")[-1],
+        eval_results=_eval_results(results, student_name, eval_dataset, eval_dataset or "") or None,
+    )
+    shape = {k: getattr(student_config, k) for k in ("encoder_layers", "decoder_layers", "d_model",
+                                                     "num_hidden_layers", "hidden_size")
+             if hasattr(student_config, k) and not (student_config.model_type == "whisper" and k in (
+                 "num_hidden_layers", "hidden_size"))}
+    return ModelCard.from_template(
+        data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id, teacher=teacher,
+        teacher_url=f"https://huggingface.co/{teacher}" if "/" in teacher else teacher,
+        recipe={k: recipe.get(k) for k in RECIPE_FIELDS}, student_shape=", ".join(f"{k}={v}" for k, v in shape.items()),
+        copied_layers=json.dumps(getattr(student_config, "distillation_layer_map", None)),
+        layer_maps=json.dumps(meta.get("layer_maps")) if meta.get("layer_maps") else "defaults",
+        table=report_table(results) if results else "", chart="report.png" if meta.get("chart") else "",
+        eval_dataset=eval_dataset or "the evaluation set", eval_utterances=meta.get("utterances", "?"),
+        device=meta.get("device"), batch_size=results[0].batch_size if results else "?",
+        train_dataset=train_dataset or "not recorded", steps=steps if steps is not None else "not recorded",
+    )
+
+
+def push_student(folder: str | Path, repo_id: str, card: ModelCard | None = None, token: str | None = None,
+                 private: bool | None = None, commit_message: str = "Upload distilled student") -> Any:
+    """Upload a saved student: weights, configs, processor, generation config and card only.
+
+    Checkpoints, projections, training arguments, optimizer state and the teacher are never uploaded.
+    """
+    folder = Path(folder)
+    if card is not None:
+        card.save(folder / "README.md")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=UPLOAD_PATTERNS,
+                             ignore_patterns=["checkpoint-*", "projections.safetensors"],
+                             commit_message=commit_message)
