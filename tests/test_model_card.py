@@ -61,7 +61,7 @@ def test_push_uploads_the_student_only(tmp_path, monkeypatch):
     for path in out.rglob("*"):  # the token never reaches disk, not even pickled training arguments
         if path.is_file():
             assert b"hf_SECRETSECRET" not in path.read_bytes(), path
-    assert json.loads((out / "distillation.json").read_text())["layer_maps"] == {"encoder": {"1": 2, "2": 4}}
+    assert json.loads((out / "distillation.json").read_text())["layer_maps"] == {"encoder": {"1": 1, "2": 4}}
 
 
 def test_push_command_renders_card_from_report(tmp_path, capsys):
