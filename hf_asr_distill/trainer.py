@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +29,6 @@ logger = logging.getLogger(__name__)
 TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROJECTIONS_FILE = "projections.safetensors"
 RECORD_FILE = "distillation.json"
-# Name under which projections hang off the student while `train()` runs, so that DDP/FSDP/DeepSpeed, the
-# optimizer and gradient clipping treat them like any student parameter. Saving strips them again.
-PROJECTION_ATTR = "distillation_projections"
 
 
 def check_pair(teacher: PreTrainedModel, student: PreTrainedModel, args: DistillationConfig) -> str:
@@ -173,43 +169,37 @@ class DistillationTrainer(Seq2SeqTrainer):
             raise ValueError("alpha_hidden > 0 but no layer pair is left to match; give a layer map.")
         return maps
 
-    @contextlib.contextmanager
-    def _projections_attached(self) -> Iterator[None]:
-        if len(self.projections) == 0:
-            yield
-            return
-        self.model.add_module(PROJECTION_ATTR, self.projections)
-        try:
-            yield
-        finally:
-            delattr(self.model, PROJECTION_ATTR)
-
-    def train(self, *args: Any, **kwargs: Any):
-        """Train the student; projections join the model for the run and leave it afterwards."""
-        with self._projections_attached():
-            return super().train(*args, **kwargs)
-
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer, with the projections in their own parameter group (own learning rate, no decay)."""
+        """Trainer's optimizer plus the projections in their own parameter group (own learning rate, no decay).
+
+        Projections live outside the student, so neither DDP nor Trainer's clipping and `model.zero_grad()` see
+        them: optimizer hooks average their gradients across processes and clip them before each step, and
+        clear them after it.
+        """
         user_optimizer = self.optimizer is not None
         optimizer = super().create_optimizer(model)
-        ids = {id(p) for p in self.projections.parameters()}
-        if ids and not user_optimizer:
-            for group in optimizer.param_groups:
-                group["params"] = [p for p in group["params"] if id(p) not in ids]
+        params = list(self.projections.parameters())
+        if params and not user_optimizer:
             lr = self.args.projection_learning_rate or self.args.learning_rate
-            optimizer.add_param_group(
-                {"params": list(self.projections.parameters()), "lr": lr, "weight_decay": 0.0, "is_projection": True}
-            )
+            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0, "is_projection": True})
+            optimizer.register_step_pre_hook(lambda *_: self._prepare_projection_grads())
+            optimizer.register_step_post_hook(lambda *_: self.projections.zero_grad(set_to_none=True))
         return optimizer
+
+    def _prepare_projection_grads(self) -> None:
+        grads = [p.grad for p in self.projections.parameters() if p.grad is not None]
+        world = self.accelerator.num_processes
+        if world > 1:
+            for grad in grads:
+                torch.distributed.all_reduce(grad)
+                grad /= world
+        if grads and self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(list(self.projections.parameters()), self.args.max_grad_norm)
 
     # ---- saving and resuming ---------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the student only: projection keys never reach the exported weights."""
-        if hasattr(self.model, PROJECTION_ATTR):
-            state_dict = self.model.state_dict() if state_dict is None else state_dict
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(PROJECTION_ATTR + ".")}
+        """Save the student (projections and teacher are not part of it) and `distillation.json`."""
         token, self.args.hub_token = self.args.hub_token, None  # training_args.bin must not carry a Hub token
         try:
             super()._save(output_dir, state_dict=state_dict)
@@ -239,14 +229,8 @@ class DistillationTrainer(Seq2SeqTrainer):
             save_file(state, os.path.join(folder, PROJECTIONS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        attached = hasattr(self.model, PROJECTION_ATTR)
-        if attached:  # the checkpoint's model weights are the student alone
-            delattr(self.model, PROJECTION_ATTR)
-        try:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        finally:
-            if attached:
-                self.model.add_module(PROJECTION_ATTR, self.projections)
+        """Trainer's resume plus the projections saved beside the checkpoint."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
         if len(self.projections):
             path = os.path.join(resume_from_checkpoint, PROJECTIONS_FILE)
             if not os.path.isfile(path):
