@@ -220,8 +220,17 @@ def cmd_push(argv: list[str]) -> None:
     print(push_student(folder, a.repo_id, card, private=a.private))
 
 
+def cmd_demo(argv: list[str]) -> None:
+    """The whole job offline on CPU: synthesise speech, distil the shipped teacher, print the side-by-side table."""
+    from .demo import DemoArguments, run_demo
+
+    (args,) = _parse((DemoArguments,), argv, "hf-asr-distill demo")
+    run_demo(args)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "create-student": cmd_create_student,
+    "demo": cmd_demo,
     "distill": cmd_distill,
     "evaluate": cmd_evaluate,
     "push": cmd_push,

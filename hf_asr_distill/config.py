@@ -55,6 +55,10 @@ class DistillationConfig(Seq2SeqTrainingArguments):
             "prepare_dataset extract features on the fly from their audio and text columns."
         },
     )
+    logging_steps: float = field(
+        default=10, metadata={"help": "Log every N steps (loss and each loss term); the first step is logged too."}
+    )
+    logging_first_step: bool = field(default=True, metadata={"help": "Log the first training step."})
     temperature: float = field(
         default=2.0,
         metadata={"help": "Softmax temperature for output-layer KD (> 0). Evaluation always uses T = 1."},

@@ -215,6 +215,8 @@ def prepare_dataset(
         for i, row in enumerate(ds)
     ]
     ds = ds.select([i for i, ok in enumerate(keep) if ok])
+    if "example_id" not in ds.column_names:  # the key of cached teacher outputs
+        ds = ds.add_column("example_id", list(range(len(ds))))
     if len(ds) == 0:
         raise ValueError(f"No rows left after filtering: {stats}. Check max_seconds/max_label_tokens and the audio.")
     if stats.kept < len(keep):
@@ -239,10 +241,25 @@ class FeatureTransform:
         key = "input_features" if self.whisper else "input_values"
         out = {key: list(extractor(audio, sampling_rate=rate)[key])}
         out["audio_seconds"] = [len(a) / rate for a in audio]
+        if "example_id" in batch:
+            out["example_id"] = list(batch["example_id"])
         if self.text_column is not None:
             out["text"] = list(batch[self.text_column])
             out["labels"] = self.processor.tokenizer(out["text"]).input_ids
         return out
+
+
+def normalize_for_vocab(text: str, tokenizer: Any) -> str:
+    """Map free text (e.g. a Whisper transcript) onto a character CTC vocabulary.
+
+    Case follows the vocabulary (upper or lower), characters it lacks are dropped (letters) or turned into spaces
+    (punctuation), and runs of spaces collapse; the tokenizer turns spaces into its word delimiter.
+    """
+    symbols = {t for t in tokenizer.get_vocab() if len(t) == 1}
+    letters = [c for c in symbols if c.isalpha()]
+    text = text.upper() if letters and all(c.isupper() for c in letters) else text.lower()
+    kept = "".join(c if c in symbols else (" " if not c.isalnum() else "") for c in text)
+    return " ".join(kept.split())
 
 
 # ---- batching --------------------------------------------------------------------------------------------------
@@ -277,7 +294,14 @@ class WhisperCollator:
             if labels.shape[1] > 0 and bool((labels[:, 0] == self.decoder_start_token_id).all()):
                 labels = labels[:, 1:]
             batch["labels"] = labels
-        return dict(batch)
+        return _with_ids(dict(batch), features)
+
+
+def _with_ids(batch: dict, features: list[dict[str, Any]]) -> dict:
+    """Carry `example_id` (the key of cached teacher outputs) into the batch when the rows have it."""
+    if "example_id" in features[0]:
+        batch["example_id"] = torch.tensor([int(f["example_id"]) for f in features])
+    return batch
 
 
 @dataclass
@@ -294,7 +318,7 @@ class CTCCollator:
         )
         if "labels" in features[0]:
             batch["labels"] = pad_labels([list(f["labels"]) for f in features])
-        return dict(batch)
+        return _with_ids(dict(batch), features)
 
 
 def collator_for(processor: Any, model: PreTrainedModel) -> WhisperCollator | CTCCollator:

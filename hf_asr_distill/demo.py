@@ -86,3 +86,75 @@ def train_demo_teacher(corpus: str | Path, output_dir: str | Path, max_steps: in
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return Path(output_dir)
+
+
+@dataclass
+class DemoArguments:
+    output_dir: str = field(default="runs/demo", metadata={"help": "Where the corpus, student and report go."})
+    teacher: str | None = field(
+        default=None, metadata={"help": "Teacher Hub id or path (default: the small CTC teacher shipped inside)."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "Dataset (default: a corpus synthesised here with flite)."})
+    train_split: str = field(default="train", metadata={"help": "Split to distil on."})
+    eval_split: str = field(default="test", metadata={"help": "Split to evaluate on."})
+    max_train_samples: int = field(default=256, metadata={"help": "Rows of the train split to distil on."})
+    max_eval_samples: int = field(default=40, metadata={"help": "Rows of the eval split to evaluate on."})
+    max_steps: int = field(default=120, metadata={"help": "Distillation steps."})
+    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Student learning rate."})
+    student_layers: int = field(default=2, metadata={"help": "Student layers (CTC) or decoder layers (Whisper)."})
+
+
+def _student_for(teacher, layers: int):
+    from .student import make_student, model_family
+
+    if model_family(teacher) == "whisper":
+        return make_student(teacher, decoder_layers=layers, freeze_encoder=True)[0]
+    student, _ = make_student(teacher, num_hidden_layers=layers)
+    student.freeze_feature_encoder()  # the copied conv front-end stays as the teacher's: faster, and standard
+    return student
+
+
+def run_demo(args: DemoArguments) -> list:
+    """Corpus -> teacher -> student -> distillation (output + hidden-state KD) -> side-by-side report."""
+    import torch
+
+    from .config import DistillationConfig
+    from .data import collator_for, load_speech_dataset, prepare_dataset
+    from .evaluation import compare, evaluate_model, report_table, write_report
+    from .student import load_model, model_family
+    from .trainer import DistillationTrainer
+
+    start = time.perf_counter()
+    out = Path(args.output_dir)
+    dataset = args.dataset or str(demo_corpus(out / "corpus"))
+    teacher_path = args.teacher or str(shipped_teacher_path())
+    teacher = load_model(teacher_path, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(teacher_path)
+    student = _student_for(teacher, args.student_layers)
+
+    def split(name: str, limit: int):
+        raw = load_speech_dataset(dataset, name)
+        return prepare_dataset(raw.shuffle(seed=0).select(range(min(limit, len(raw)))), processor, teacher)[0]
+
+    train, test = split(args.train_split, args.max_train_samples), split(args.eval_split, args.max_eval_samples)
+    config = DistillationConfig(
+        output_dir=str(out / "student"), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate, warmup_steps=max(1, args.max_steps // 10), logging_steps=10,
+        save_strategy="no", report_to="none", alpha_hidden=1.0, seed=0, disable_tqdm=False,
+    )
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, processing_class=processor,
+                                  train_dataset=train, data_collator=collator_for(processor, student))
+    trainer.train()
+    trainer.save_model()
+    results = compare([evaluate_model(name, model, processor, test, batch_size=8, progress=False)
+                       for name, model in (("teacher", trainer.teacher), ("student", trainer.model))])
+    family = model_family(teacher)
+    paths = write_report(results, out / "student" / "report", meta={
+        "dataset": dataset, "utterances": len(test), "device": "CPU", "family": family})
+    elapsed = time.perf_counter() - start
+    print(f"\nDistilled a {family} teacher ({teacher_path}) into a {args.student_layers}-layer student on "
+          f"{len(train)} utterances, {args.max_steps} steps; evaluated on {len(test)} held-out utterances.\n")
+    print(report_table(results))
+    print(f"\nreport: {paths['md']}  chart: {paths['png']}  student: {out / 'student'}  wall time: {elapsed:.0f} s")
+    return results

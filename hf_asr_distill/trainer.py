@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import DistillationConfig
 from .model_card import RECIPE_FIELDS, build_model_card, push_student, results_from_report
+from .cache import CachedBatch, TeacherCache, bucket_logprobs, student_buckets
 from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS, align_time, masked_mean, masked_sum
 from .projection import build_projections, projection_key
 from .student import hidden_size, layer_counts, load_model, model_family
@@ -37,7 +38,8 @@ def check_pair(teacher: PreTrainedModel, student: PreTrainedModel, args: Distill
     if t_family != s_family:
         raise ValueError(
             f"Teacher is a {t_family} model but the student is a {s_family} model: output-layer and hidden-state "
-            "KD need the same family. Train across families with teacher pseudo-labels instead."
+            "KD are unavailable across families and vocabularies. Train on the teacher's pseudo-labels instead "
+            "(hf-asr-distill pseudo-label), with teacher_model=None."
         )
     t_vocab, s_vocab = teacher.config.vocab_size, student.config.vocab_size
     if args.alpha_kd > 0 and t_vocab != s_vocab:
@@ -72,22 +74,32 @@ class DistillationTrainer(Seq2SeqTrainer):
         model: PreTrainedModel | None = None,
         teacher_model: PreTrainedModel | str | None = None,
         args: DistillationConfig | None = None,
+        teacher_cache: TeacherCache | str | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(args, DistillationConfig):
             raise TypeError("DistillationTrainer needs args=DistillationConfig(...) (it carries the KD settings).")
-        if model is None or teacher_model is None:
-            raise ValueError("DistillationTrainer needs both model= (the student) and teacher_model=.")
+        if model is None:
+            raise ValueError("DistillationTrainer needs model= (the student).")
+        if teacher_model is None and (args.alpha_kd > 0 or args.alpha_hidden > 0 or teacher_cache is not None):
+            raise ValueError("teacher_model= is needed for output-layer or hidden-state KD (alpha_kd/alpha_hidden "
+                             "> 0) and for a teacher cache. Training on pseudo-labels alone needs no teacher.")
         teacher_dtype = TEACHER_DTYPES[args.teacher_dtype]
         if isinstance(teacher_model, str):
             teacher_model = load_model(teacher_model, dtype=teacher_dtype)
-        self.family = check_pair(teacher_model, model, args)
+        self.family = check_pair(teacher_model, model, args) if teacher_model is not None else model_family(model)
         super().__init__(model=model, args=args, **kwargs)
         # Whisper: let Trainer count label tokens over the accumulated batch (and across processes).
         self.model_accepts_loss_kwargs = self.family == "whisper"
-        self.teacher = self._prepare_teacher(teacher_model.to(teacher_dtype))
+        if teacher_model is None:  # sequence-level KD only: the targets are the teacher's transcripts
+            self.teacher = None
+        elif teacher_cache is None:
+            self.teacher = self._prepare_teacher(teacher_model.to(teacher_dtype))
+        else:  # only checked against the cache, never run: it stays on the CPU
+            self.teacher = teacher_model.to(teacher_dtype).eval().requires_grad_(False)
         self.share_encoder = self._can_share_encoder()
         self.layer_maps = self._resolve_layer_maps()
+        self.cache = self._open_cache(teacher_cache)
         dims = {stack: (hidden_size(self.model.config), hidden_size(self.teacher.config)) for stack in self.layer_maps}
         self.projections = build_projections(self.layer_maps, dims, args.projection).to(args.device)
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -110,9 +122,38 @@ class DistillationTrainer(Seq2SeqTrainer):
         # evaluation_mode places the teacher on the device without a DDP wrapper (no gradient sync).
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
+    def _open_cache(self, cache: TeacherCache | str | None) -> TeacherCache | None:
+        """Open the teacher cache and refuse one that does not fit this run (teacher, data, settings)."""
+        if cache is None:
+            return None
+        cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
+        if self.processing_class is None:
+            raise ValueError("A teacher cache is checked against the preprocessing: pass processing_class=.")
+        cache.check(self.teacher, self.train_dataset, self.processing_class)
+        manifest = cache.manifest
+        if manifest["temperature"] != self.args.temperature:
+            raise ValueError(f"The cache holds teacher probabilities at temperature {manifest['temperature']}, "
+                             f"this run uses {self.args.temperature}: rebuild the cache or change temperature.")
+        for stack, layer_map in self.layer_maps.items():
+            missing = sorted(set(layer_map.values()) - set(manifest["layers"].get(stack, [])))
+            if missing:
+                raise ValueError(f"The cache has no teacher {stack} hidden states {missing} that the layer map "
+                                 f"{layer_map} needs: cache them (hidden_layers={{'{stack}': {missing}}}).")
+        if manifest["encoder_outputs"] and not self.share_encoder:
+            raise ValueError("The cache holds encoder outputs for a frozen shared encoder, but the student's "
+                             "encoder is trainable or differs from the teacher's.")
+        return cache
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any):
+        """Evaluation: generation and the student's own loss never see the cache key `example_id`."""
+        if not self.args.predict_with_generate or self.args.prediction_loss_only:
+            return super().prediction_step(model, inputs, *args, **kwargs)
+        inputs = {k: v for k, v in inputs.items() if k != "example_id"}
+        return super().prediction_step(model, inputs, *args, **kwargs)
+
     def _can_share_encoder(self) -> bool:
         """Whisper: the student's encoder is frozen and equal to the teacher's, so the teacher can reuse its output."""
-        if self.family != "whisper" or not self.args.share_frozen_encoder:
+        if self.family != "whisper" or not self.args.share_frozen_encoder or self.teacher is None:
             return False
         s_enc = self.accelerator.unwrap_model(self.model).model.encoder
         t_enc = self.accelerator.unwrap_model(self.teacher).model.encoder
@@ -211,9 +252,9 @@ class DistillationTrainer(Seq2SeqTrainer):
 
     def distillation_record(self) -> dict[str, Any]:
         """How this student was made (recipe, teacher, layer maps, steps): saved beside it as distillation.json."""
-        teacher = self.accelerator.unwrap_model(self.teacher)
+        teacher = self.accelerator.unwrap_model(self.teacher) if self.teacher is not None else None
         return {
-            "teacher": teacher.config._name_or_path or "teacher",
+            "teacher": (teacher.config._name_or_path or "teacher") if teacher is not None else "none (pseudo-labels)",
             "recipe": {k: getattr(self.args, k) for k in RECIPE_FIELDS},
             "layer_maps": {stack: {str(s): t for s, t in m.items()} for stack, m in self.layer_maps.items()},
             "shared_encoder": self.share_encoder,
@@ -253,10 +294,10 @@ class DistillationTrainer(Seq2SeqTrainer):
         of the accumulated batch, across processes), so the loss is exact under gradient accumulation. Per-batch
         means (CTC, hidden states) are divided by the number of accumulation steps.
         """
-        if self.family == "whisper":
-            token_terms, count, mean_terms, outputs = self._whisper_terms(model, inputs)
-        else:
-            token_terms, count, mean_terms, outputs = self._ctc_terms(model, inputs)
+        inputs = dict(inputs)
+        example_ids = inputs.pop("example_id", None)
+        terms_fn = self._whisper_terms if self.family == "whisper" else self._ctc_terms
+        token_terms, count, mean_terms, outputs = terms_fn(model, inputs, example_ids)
         ga_steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         ga_steps = ga_steps if model.training else 1
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
@@ -275,30 +316,43 @@ class DistillationTrainer(Seq2SeqTrainer):
             metrics[f"loss_{name}"].append(value.detach())
         return (loss, outputs) if return_outputs else loss
 
-    def _whisper_terms(self, model: nn.Module, inputs: dict[str, Any]):
+    def _kd_per_position(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                         cached: CachedBatch | None) -> torch.Tensor:
+        kd_fn, temperature = KD_LOSS_FNS[self.args.kd_loss], self.args.temperature
+        if cached is not None:
+            # k + 1 buckets (top-k and the tail) in log space; scaling by T undoes the functions' 1/T softening.
+            student = student_buckets(student_logits, cached.indices, temperature)
+            return kd_fn(student * temperature, bucket_logprobs(cached.logprobs) * temperature, temperature)
+        return kd_fn(student_logits, align_time(teacher_logits, student_logits.shape[1]), temperature)
+
+    def _whisper_terms(self, model: nn.Module, inputs: dict[str, Any], example_ids: torch.Tensor | None):
         args = self.args
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         config = self.accelerator.unwrap_model(model).config
         if "decoder_input_ids" not in inputs:
             inputs["decoder_input_ids"] = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+        mask = labels.ne(-100)
+        cached = self._cached(example_ids, mask)
+        if cached is not None and cached.encoder is not None:  # the frozen shared encoder ran once, at caching
+            inputs.pop("input_features")
+            inputs["encoder_outputs"] = (cached.encoder.to(self.accelerator.unwrap_model(model).dtype),)
         want_hidden = args.alpha_hidden > 0
         outputs = model(**inputs, output_hidden_states=want_hidden)
-        mask = labels.ne(-100)
-        token_terms = {}
+        token_terms, mean_terms = {}, {}
         if args.alpha_ce > 0:
-            ce = F.cross_entropy(outputs.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                                 reduction="sum")
-            token_terms["ce"] = ce
-        mean_terms = {}
+            token_terms["ce"] = F.cross_entropy(outputs.logits.flatten(0, 1).float(), labels.flatten(),
+                                                ignore_index=-100, reduction="sum")
         if self._needs_teacher:
-            teacher_out = self._whisper_teacher(inputs, outputs, want_hidden)
+            live = self._whisper_teacher(inputs, outputs, want_hidden) if cached is None else None
+            teacher_logits = live.logits if live is not None else None
+            teacher_hidden = ({"encoder": live.encoder_hidden_states, "decoder": live.decoder_hidden_states}
+                              if live is not None and want_hidden else (cached.hidden if cached else None))
             if args.alpha_kd > 0:
-                per_token = KD_LOSS_FNS[args.kd_loss](outputs.logits, teacher_out.logits, args.temperature)
-                token_terms["kd"] = masked_sum(per_token, mask)[0]
+                token_terms["kd"] = masked_sum(self._kd_per_position(outputs.logits, teacher_logits, cached), mask)[0]
             if want_hidden:
-                states = {"encoder": (outputs.encoder_hidden_states, teacher_out.encoder_hidden_states, None),
-                          "decoder": (outputs.decoder_hidden_states, teacher_out.decoder_hidden_states, mask)}
+                states = {"encoder": (outputs.encoder_hidden_states, teacher_hidden.get("encoder"), None),
+                          "decoder": (outputs.decoder_hidden_states, teacher_hidden.get("decoder"), mask)}
                 mean_terms["hidden"] = self._hidden_loss(states)
         return token_terms, mask.sum(), mean_terms, outputs
 
@@ -314,7 +368,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         with torch.no_grad():
             return self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
 
-    def _ctc_terms(self, model: nn.Module, inputs: dict[str, Any]):
+    def _ctc_terms(self, model: nn.Module, inputs: dict[str, Any], example_ids: torch.Tensor | None):
         args = self.args
         want_hidden = args.alpha_hidden > 0
         outputs = model(**inputs, output_hidden_states=want_hidden)
@@ -322,21 +376,32 @@ class DistillationTrainer(Seq2SeqTrainer):
         if args.alpha_ce > 0:
             mean_terms["ce"] = outputs.loss
         if self._needs_teacher:
-            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            teacher_inputs["input_values"] = teacher_inputs["input_values"].to(self.teacher.dtype)
-            with torch.no_grad():
-                teacher_out = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
             frames = outputs.logits.shape[1]
             mask = self._frame_mask(model, inputs.get("attention_mask"), frames)
+            positions = mask if mask is not None else torch.ones(outputs.logits.shape[:2], dtype=torch.bool)
+            cached = self._cached(example_ids, positions)
+            live = None
+            if cached is None:
+                teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+                teacher_inputs["input_values"] = teacher_inputs["input_values"].to(self.teacher.dtype)
+                with torch.no_grad():
+                    live = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
             if args.alpha_kd > 0:
-                teacher_logits = align_time(teacher_out.logits, frames)
-                per_frame = KD_LOSS_FNS[args.kd_loss](outputs.logits, teacher_logits, args.temperature)
+                per_frame = self._kd_per_position(outputs.logits, live.logits if live else None, cached)
                 mean_terms["kd"] = masked_mean(per_frame, mask)
             if want_hidden:
-                mean_terms["hidden"] = self._hidden_loss(
-                    {"encoder": (outputs.hidden_states, teacher_out.hidden_states, mask)})
+                teacher_hidden = live.hidden_states if live is not None else cached.hidden["encoder"]
+                mean_terms["hidden"] = self._hidden_loss({"encoder": (outputs.hidden_states, teacher_hidden, mask)})
         zero = outputs.logits.new_zeros(())
         return {}, zero, mean_terms, outputs
+
+    def _cached(self, example_ids: torch.Tensor | None, positions: torch.Tensor) -> CachedBatch | None:
+        if self.cache is None:
+            return None
+        if example_ids is None:
+            raise ValueError("A teacher cache needs `example_id` in every batch: prepare the dataset with "
+                             "prepare_dataset and batch it with collator_for.")
+        return self.cache.batch(example_ids.tolist(), positions, positions.device)
 
     def _frame_mask(self, model: nn.Module, attention_mask: torch.Tensor | None, frames: int) -> torch.Tensor | None:
         """Which student frames hold audio (not padding), from the sample-level attention mask."""

@@ -72,3 +72,16 @@ def test_create_student_distill_and_evaluate_end_to_end(saved_teacher, capsys):
           "--repeats", "1"])
     names = [r["name"] for r in json.loads((root / "eval" / "report.json").read_text())["results"]]
     assert names == ["teacher", "run", "small"]
+
+
+@pytest.mark.parametrize("name", ["distill_whisper.yaml", "distill_ctc.yaml"])
+def test_example_configs_parse(name):
+    from pathlib import Path
+
+    from hf_asr_distill.cli import StudentArguments, TeacherArguments
+
+    path = Path(__file__).resolve().parent.parent / "examples" / name
+    teacher, student, data, config = _parse((TeacherArguments, StudentArguments, DataArguments, DistillationConfig),
+                                            ["--config", str(path)])
+    assert teacher.teacher and data.dataset and config.alpha_hidden == 1.0
+    assert (config.decoder_layer_map or config.hidden_layer_map) and student.shrink()

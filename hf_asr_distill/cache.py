@@ -1,0 +1,247 @@
+"""Teacher-output cache: the top-k of the teacher's softened distribution, chosen hidden states and (Whisper)
+encoder outputs, computed once and read by the trainer instead of running the teacher.
+
+Layout (safetensors only, no pickle): `manifest.json` (fingerprint, settings, completeness) and one
+`shard_<first example>.safetensors` per batch, keyed `<example_id>.<what>`. A shard is written to a temporary
+name and renamed, so an interrupted run resumes after its last complete shard.
+
+Top-k and the tail: for each label token (Whisper) or audio frame (CTC) the cache keeps the indices of the k most
+likely tokens and their log-probabilities at temperature T (fp16). The KD loss then compares teacher and student
+on k + 1 buckets, the k tokens and one bucket for all other tokens, whose mass is 1 - sum of the k probabilities.
+That is exactly the divergence between the two distributions coarsened to those buckets: it never exceeds the
+full-vocabulary divergence and equals it when the teacher puts no mass outside its top k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import PreTrainedModel
+from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+from .student import model_family
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def fingerprint(teacher: PreTrainedModel, dataset: Any, processor: Any, settings: dict) -> str:
+    """Hash of the teacher (config and every weight), the dataset, the preprocessing and the cache settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(str(getattr(dataset, "_fingerprint", len(dataset))).encode())
+    extractor = getattr(processor, "feature_extractor", processor)
+    h.update(json.dumps(extractor.to_dict(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def bucket_logprobs(topk_logprobs: torch.Tensor) -> torch.Tensor:
+    """Append the tail bucket: log(1 - sum p_k), computed stably; input (..., k) log-probs, output (..., k + 1)."""
+    top = topk_logprobs.float()
+    tail = torch.log1p(-torch.logsumexp(top, dim=-1).exp().clamp(max=1 - 1e-6))
+    return torch.cat([top, tail.unsqueeze(-1)], dim=-1)
+
+
+def student_buckets(student_logits: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The student's softened log-probs on the teacher's top-k tokens plus the tail bucket, (..., k + 1)."""
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return bucket_logprobs(log_q.gather(-1, indices.long()))
+
+
+def _valid_positions(teacher: PreTrainedModel, batch: dict, frames: int) -> torch.Tensor:
+    if model_family(teacher) == "whisper":
+        return batch["labels"].ne(-100)
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return torch.ones(batch["input_values"].shape[0], frames, dtype=torch.bool)
+    lengths = teacher._get_feat_extract_output_lengths(mask.sum(-1))
+    return torch.arange(frames)[None, :] < lengths[:, None]
+
+
+@torch.no_grad()
+def _teacher_outputs(teacher: PreTrainedModel, batch: dict, want_hidden: bool) -> Any:
+    device, dtype = teacher.device, teacher.dtype
+    if model_family(teacher) == "whisper":
+        cfg = teacher.config
+        dec = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
+        return teacher(input_features=batch["input_features"].to(device, dtype), decoder_input_ids=dec.to(device),
+                       output_hidden_states=want_hidden)
+    inputs = {"input_values": batch["input_values"].to(device, dtype)}
+    if "attention_mask" in batch:
+        inputs["attention_mask"] = batch["attention_mask"].to(device)
+    return teacher(**inputs, output_hidden_states=want_hidden)
+
+
+def _example_tensors(out: Any, row: int, valid: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
+    logprobs = F.log_softmax(out.logits[row].float() / settings["temperature"], dim=-1)[valid[row]]
+    values, indices = logprobs.topk(settings["k"], dim=-1)
+    tensors = {"logprobs": values.half(), "indices": indices.int()}
+    whisper = settings["family"] == "whisper"
+    for stack, layers in settings["layers"].items():
+        states = getattr(out, f"{stack}_hidden_states") if whisper else out.hidden_states
+        for layer in layers:
+            state = states[layer][row]
+            # Whisper's encoder always sees 1,500 positions; other stacks keep their valid positions only.
+            tensors[f"hidden.{stack}.{layer}"] = (state if whisper and stack == "encoder" else state[valid[row]]).half()
+    if settings["encoder_outputs"]:
+        tensors["encoder"] = out.encoder_last_hidden_state[row].half()
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def cache_teacher(
+    teacher: PreTrainedModel,
+    processor: Any,
+    dataset: Any,
+    output_dir: str | Path,
+    k: int = 8,
+    temperature: float = 2.0,
+    hidden_layers: dict[str, list[int]] | None = None,
+    encoder_outputs: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> "TeacherCache":
+    """Compute and store the teacher's outputs for every row of `dataset` (prepared by `prepare_dataset`).
+
+    `hidden_layers` names the teacher hidden states to keep, e.g. `{"decoder": [4]}` for Whisper or
+    `{"ctc": [4, 8, 12]}` for CTC models; `encoder_outputs=True` keeps Whisper's final encoder output (for a
+    frozen student encoder shared with the teacher). Re-running resumes an interrupted cache.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import collator_for
+
+    if k < 1 or k > teacher.config.vocab_size:
+        raise ValueError(f"k must be between 1 and the vocabulary size {teacher.config.vocab_size}, got {k}.")
+    if encoder_outputs and model_family(teacher) != "whisper":
+        raise ValueError("encoder_outputs=True is for Whisper teachers (a frozen encoder shared with the student).")
+    settings = {"version": CACHE_VERSION, "k": k, "temperature": temperature, "layers": hidden_layers or {},
+                "encoder_outputs": encoder_outputs, "dtype": str(teacher.dtype), "family": model_family(teacher)}
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"fingerprint": fingerprint(teacher, dataset, processor, settings), **settings, "vocab_size": teacher.config.vocab_size,
+                "teacher": teacher.config._name_or_path, "examples": len(dataset), "complete": False}
+    old = out / MANIFEST
+    if old.exists() and json.loads(old.read_text())["fingerprint"] != manifest["fingerprint"]:
+        raise ValueError(f"{out} holds a cache for another teacher, dataset or settings; use a new directory.")
+    old.write_text(json.dumps(manifest, indent=2))
+    collate = collator_for(processor, teacher)
+    teacher.eval()
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="caching teacher outputs", disable=not progress):
+        shard = out / f"shard_{start:09d}.safetensors"
+        if shard.exists():
+            continue  # done before an interruption
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collate(rows)
+        result = _teacher_outputs(teacher, batch, bool(hidden_layers))
+        valid = _valid_positions(teacher, batch, result.logits.shape[1])
+        tensors = {}
+        for row in range(len(rows)):
+            for name, value in _example_tensors(result, row, valid, settings).items():
+                tensors[f"{start + row}.{name}"] = value
+        save_file(tensors, str(shard) + ".tmp")
+        os.replace(str(shard) + ".tmp", shard)
+    manifest["complete"] = True
+    old.write_text(json.dumps(manifest, indent=2))
+    return TeacherCache(out)
+
+
+def cache_size_bytes(path: str | Path) -> int:
+    """Bytes on disk of a cache directory."""
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+@dataclass
+class CachedBatch:
+    """Cached teacher outputs for one batch, padded to the batch's positions."""
+
+    logprobs: torch.Tensor  # (batch, positions, k) log-probs at T, 0 where padded
+    indices: torch.Tensor  # (batch, positions, k)
+    hidden: dict[str, dict[int, torch.Tensor]]
+    encoder: torch.Tensor | None
+
+
+class TeacherCache:
+    """Read access to a cache written by `cache_teacher`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.exists():
+            raise ValueError(f"{self.path} is not a teacher cache (no {MANIFEST}); create one with cache_teacher.")
+        self.manifest = json.loads(manifest_path.read_text())
+        if not self.manifest.get("complete"):
+            raise ValueError(f"The teacher cache in {self.path} is incomplete; run cache_teacher again to finish it.")
+        self._where: dict[int, Path] = {}
+        for shard in sorted(self.path.glob("shard_*.safetensors")):
+            with safe_open(str(shard), framework="pt") as f:
+                for key in f.keys():
+                    self._where.setdefault(int(key.split(".", 1)[0]), shard)
+        if len(self._where) != self.manifest["examples"]:
+            raise ValueError(f"{self.path} holds {len(self._where)} examples, its manifest says "
+                             f"{self.manifest['examples']}: the cache is damaged; rebuild it.")
+
+    def check(self, teacher: PreTrainedModel, dataset: Any, processor: Any) -> None:
+        """Refuse a stale cache: one made for another teacher, dataset, preprocessing or settings."""
+        settings = {k: self.manifest[k] for k in ("version", "k", "temperature", "layers", "encoder_outputs",
+                                                  "dtype", "family")}
+        if fingerprint(teacher, dataset, processor, settings) != self.manifest["fingerprint"]:
+            raise ValueError(f"The teacher cache in {self.path} was made for another teacher, dataset, "
+                             "preprocessing or settings (fingerprint mismatch); rebuild it with cache_teacher.")
+
+    def _read(self, example: int, name: str) -> torch.Tensor:
+        with safe_open(str(self._where[example]), framework="pt") as f:
+            return f.get_tensor(f"{example}.{name}")
+
+    def batch(self, example_ids: list[int], positions: torch.Tensor, device: torch.device) -> CachedBatch:
+        """Cached outputs for `example_ids`, scattered into the `positions` mask (batch, length) of the batch."""
+        k = self.manifest["k"]
+        shape = (*positions.shape, k)
+        logprobs = torch.zeros(shape, dtype=torch.float16)
+        indices = torch.zeros(shape, dtype=torch.long)
+        hidden: dict[str, dict[int, torch.Tensor]] = {}
+        encoder = []
+        whole = self.manifest["family"] == "whisper"  # Whisper encoder states cover every position
+        for row, example in enumerate(example_ids):
+            mask = positions[row].cpu()
+            values = self._read(example, "logprobs")
+            if values.shape[0] != int(mask.sum()):
+                raise ValueError(f"example {example}: the cache has {values.shape[0]} positions, the batch "
+                                 f"{int(mask.sum())}; the cache was made from other data.")
+            logprobs[row, mask] = values
+            indices[row, mask] = self._read(example, "indices").long()
+            for stack, layers in self.manifest["layers"].items():
+                for layer in layers:
+                    state = self._read(example, f"hidden.{stack}.{layer}")
+                    every = whole and stack == "encoder"
+                    size = state.shape if every else (positions.shape[1], state.shape[-1])
+                    full = hidden.setdefault(stack, {}).setdefault(
+                        int(layer), torch.zeros(positions.shape[0], *size, dtype=torch.float16))
+                    if every:
+                        full[row] = state
+                    else:
+                        full[row, mask] = state
+            if self.manifest["encoder_outputs"]:
+                encoder.append(self._read(example, "encoder"))
+        move = lambda t: t.to(device)  # noqa: E731
+        return CachedBatch(
+            logprobs=move(logprobs), indices=move(indices),
+            hidden={s: {l: move(t) for l, t in m.items()} for s, m in hidden.items()},
+            encoder=move(torch.stack(encoder)) if encoder else None,
+        )

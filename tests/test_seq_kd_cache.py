@@ -1,0 +1,196 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hf_asr_distill.pseudo_label as pl
+from conftest import ctc_processor, tiny_ctc, tiny_real_whisper, whisper_processor, write_corpus
+from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
+from hf_asr_distill.cache import TeacherCache, bucket_logprobs, cache_size_bytes, cache_teacher
+from hf_asr_distill.data import load_speech_dataset, normalize_for_vocab, prepare_dataset
+from hf_asr_distill.pseudo_label import PROGRESS_FILE, pseudo_label
+from hf_asr_distill.trainer import check_pair
+
+
+@pytest.fixture
+def whisper_setup(tmp_path):
+    processor = whisper_processor(tmp_path / "tok")
+    teacher = tiny_real_whisper(processor)
+    ds, _ = prepare_dataset(load_speech_dataset(str(write_corpus(tmp_path / "c", n=6))), processor, teacher)
+    return processor, teacher, ds
+
+
+def args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, max_steps=2, report_to="none",
+                save_strategy="no", use_cpu=True, logging_steps=1, disable_tqdm=True, learning_rate=1e-3)
+    return DistillationConfig(**{**base, **kw})
+
+
+# ---- pseudo-labels ---------------------------------------------------------------------------------------------
+
+
+def test_wer_filter_keeps_and_drops_the_right_rows(tmp_path, monkeypatch):
+    ds = load_speech_dataset(str(write_corpus(tmp_path / "c", n=4)))
+    refs = ds["text"]
+    fake = [refs[0], refs[1].upper() + ".", "completely different words here", refs[3]]
+    monkeypatch.setattr(pl, "transcribe_dataset", lambda *a, **k: fake)
+    data = ds.map(lambda r, i: {"text": "" if i == 3 else r["text"]}, with_indices=True)
+    out, stats = pseudo_label(None, ctc_processor(tmp_path), data, max_wer=0.1)
+    assert out["pseudo_text"] == fake[:2]  # case and punctuation are normalised away; row 2 is too far
+    assert (stats.kept, stats.dropped_wer, stats.dropped_empty_reference) == (2, 1, 1)
+    unlabelled, stats = pseudo_label(None, ctc_processor(tmp_path), ds.remove_columns("text"), max_wer=0.1)
+    assert len(unlabelled) == 4 and stats.kept == 4
+
+
+def test_pseudo_labelling_resumes_without_redoing_or_losing_rows(tmp_path, monkeypatch):
+    processor, teacher = ctc_processor(tmp_path), tiny_ctc()
+    ds = load_speech_dataset(str(write_corpus(tmp_path / "c", n=5)))
+    full, _ = pseudo_label(teacher, processor, ds, batch_size=2, progress=False)
+    calls = {"n": 0}
+    real = pl.transcribe_batch
+
+    def dies_on_second_batch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # a kill in the middle of the run
+        return real(*a, **k)
+
+    monkeypatch.setattr(pl, "transcribe_batch", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        pseudo_label(teacher, processor, ds, batch_size=2, work_dir=tmp_path / "work", progress=False)
+    assert len((tmp_path / "work" / PROGRESS_FILE).read_text().splitlines()) == 2
+    monkeypatch.setattr(pl, "transcribe_batch", real)
+    seen = []
+    monkeypatch.setattr(pl, "transcribe_batch", lambda m, p, b, g=None: seen.append(len(b["input_values"])) or
+                        real(m, p, b, g))
+    resumed, _ = pseudo_label(teacher, processor, ds, batch_size=2, work_dir=tmp_path / "work", progress=False)
+    assert sum(seen) == 3  # only the rows not done before
+    assert resumed["pseudo_text"] == full["pseudo_text"]
+    indices = [json.loads(l)["index"] for l in (tmp_path / "work" / PROGRESS_FILE).read_text().splitlines()]
+    assert sorted(indices) == list(range(5))
+
+
+def test_whisper_pseudo_labels_train_a_ctc_student(tmp_path):
+    processor = whisper_processor(tmp_path / "tok")
+    teacher = tiny_real_whisper(processor)
+    ds = load_speech_dataset(str(write_corpus(tmp_path / "c", n=6)))
+    labelled, _ = pseudo_label(teacher, processor, ds, progress=False, generate_kwargs={"max_new_tokens": 6})
+    ctc = ctc_processor(tmp_path)
+    labelled = labelled.map(lambda r: {"pseudo_text": normalize_for_vocab(r["pseudo_text"], ctc.tokenizer) or "a"})
+    student = tiny_ctc(num_hidden_layers=2)
+    train, _ = prepare_dataset(labelled, ctc, student, text_column="pseudo_text")
+    with pytest.raises(ValueError, match="unavailable across families and vocabularies"):
+        check_pair(teacher, student, args(tmp_path))
+    before = student.lm_head.weight.clone()
+    trainer = DistillationTrainer(model=student, teacher_model=None, args=args(tmp_path, alpha_kd=0.0, alpha_ce=1.0),
+                                  train_dataset=train, data_collator=collator_for(ctc, student))
+    trainer.train()
+    assert not torch.equal(before, student.lm_head.weight)
+
+
+def test_normalize_for_vocab():
+    class Tok:
+        def get_vocab(self):
+            return {c: i for i, c in enumerate(["<pad>", "|", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ"])}
+
+    assert normalize_for_vocab(" Hello, world! It's 5 o'clock.", Tok()) == "HELLO WORLD IT'S O'CLOCK"
+
+
+# ---- teacher cache ---------------------------------------------------------------------------------------------
+
+
+def test_cache_round_trip_equals_live_teacher_topk(tmp_path, whisper_setup):
+    processor, teacher, ds = whisper_setup
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=8, temperature=2.0,
+                          hidden_layers={"decoder": [4]}, batch_size=4, progress=False)
+    batch = collator_for(processor, teacher)([ds[i] for i in range(6)])
+    mask = batch["labels"].ne(-100)
+    with torch.no_grad():
+        dec = torch.cat([torch.full((6, 1), teacher.config.decoder_start_token_id), batch["labels"][:, :-1]], 1)
+        out = teacher(input_features=batch["input_features"], decoder_input_ids=dec.clamp(min=0),
+                      output_hidden_states=True)
+    live = F.log_softmax(out.logits / 2.0, -1).topk(8, -1)
+    cached = cache.batch(batch["example_id"].tolist(), mask, torch.device("cpu"))
+    assert torch.equal(cached.logprobs[mask], live.values[mask].half())
+    assert torch.equal(cached.indices[mask], live.indices[mask])
+    assert torch.equal(cached.hidden["decoder"][4][mask], out.decoder_hidden_states[4][mask].half())
+
+
+def test_topk_cache_with_full_vocab_matches_live_kd(tmp_path, whisper_setup):
+    processor, teacher, ds = whisper_setup
+    with torch.no_grad():  # a confident teacher, as trained ones are
+        teacher.model.decoder.embed_tokens.weight.mul_(30)
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=teacher.config.vocab_size, progress=False)
+    student = tiny_real_whisper(processor, decoder_layers=2, seed=3)  # far from the teacher: a sizeable KL
+    batch = collator_for(processor, student)([ds[i] for i in range(6)])
+    values = {}
+    for name, cache_arg in (("live", None), ("cached", cache)):
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path / name),
+                                      teacher_cache=cache_arg, processing_class=processor, train_dataset=ds,
+                                      data_collator=collator_for(processor, student))
+        trainer.compute_loss(student.eval(), batch)
+        values[name] = trainer._metrics["eval"]["loss_kd"][0].item()
+    assert values["live"] > 0.1
+    assert values["cached"] == pytest.approx(values["live"], rel=2e-3)
+
+
+def test_tail_bucket_holds_the_missing_mass():
+    logp = torch.log(torch.tensor([[0.5, 0.3]]))
+    assert torch.allclose(bucket_logprobs(logp).exp(), torch.tensor([[0.5, 0.3, 0.2]]), atol=1e-6)
+
+
+def test_stale_or_mismatched_cache_is_refused(tmp_path, whisper_setup):
+    processor, teacher, ds = whisper_setup
+    cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, progress=False)
+    student, _ = make_student(teacher, decoder_layers=2)
+    common = dict(processing_class=processor, train_dataset=ds, data_collator=collator_for(processor, student))
+    other = tiny_real_whisper(processor, seed=1)
+    with pytest.raises(ValueError, match="fingerprint mismatch"):
+        DistillationTrainer(model=student, teacher_model=other, args=args(tmp_path), teacher_cache=str(
+            tmp_path / "cache"), **common)
+    with pytest.raises(ValueError, match="fingerprint mismatch"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path),
+                            teacher_cache=str(tmp_path / "cache"), **{**common, "train_dataset": ds.select(range(5))})
+    with pytest.raises(ValueError, match="temperature 2.0, this run uses 3.0"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path, temperature=3.0),
+                            teacher_cache=str(tmp_path / "cache"), **common)
+    with pytest.raises(ValueError, match="no teacher encoder hidden states"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path, alpha_hidden=1.0),
+                            teacher_cache=str(tmp_path / "cache"), **common)
+    with pytest.raises(ValueError, match="holds a cache for another teacher"):
+        cache_teacher(other, processor, ds, tmp_path / "cache", k=4, progress=False)
+
+
+def test_interrupted_cache_resumes_after_its_last_shard(tmp_path, whisper_setup, monkeypatch):
+    processor, teacher, ds = whisper_setup
+    cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=2, progress=False)
+    (tmp_path / "cache" / "shard_000000004.safetensors").unlink()
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    (tmp_path / "cache" / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(ValueError, match="incomplete"):
+        TeacherCache(tmp_path / "cache")
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=2, progress=False)
+    assert len(calls) == 1 and cache.manifest["complete"]
+    assert cache_size_bytes(tmp_path / "cache") > 0
+
+
+def test_training_from_the_cache_never_runs_the_teacher(tmp_path, whisper_setup):
+    processor, teacher, ds = whisper_setup
+    student, _ = make_student(teacher, decoder_layers=2, freeze_encoder=True)
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=8, hidden_layers={"decoder": [1, 4]},
+                          encoder_outputs=True, progress=False)
+    calls = {"teacher": 0, "student_encoder": 0}
+    teacher.register_forward_hook(lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1))
+    student.model.encoder.register_forward_hook(
+        lambda *a: calls.__setitem__("student_encoder", calls["student_encoder"] + 1))
+    before = student.model.decoder.layers[0].fc1.weight.clone()
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path, alpha_hidden=1.0),
+                                  teacher_cache=cache, processing_class=processor, train_dataset=ds,
+                                  data_collator=collator_for(processor, student))
+    trainer.train()
+    assert calls == {"teacher": 0, "student_encoder": 0}  # the encoder ran once per example, at caching time
+    assert not torch.equal(before, student.model.decoder.layers[0].fc1.weight)
+    assert [e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e]
