@@ -52,6 +52,8 @@ class DataArguments:
     max_seconds: float | None = field(default=None, metadata={"help": "Drop longer audio (Whisper: 30)."})
     max_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per split."})
     on_error: str = field(default="raise", metadata={"help": "Bad rows: 'raise' (name the row) or 'skip' (count)."})
+    teacher_cache: str | None = field(
+        default=None, metadata={"help": "A cache from `cache-teacher` (same data and settings): no teacher forward."})
 
 
 @dataclass
@@ -134,7 +136,8 @@ def cmd_distill(argv: list[str]) -> None:
     train, stats = prepare_dataset(_limit(raw, d_args.max_samples), **prepare)
     print(f"training on {stats.kept} rows ({stats})")
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, processing_class=processor,
-                                  train_dataset=train, data_collator=collator_for(processor, student))
+                                  train_dataset=train, data_collator=collator_for(processor, student),
+                                  teacher_cache=d_args.teacher_cache)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model()
     if d_args.eval_split:
@@ -220,6 +223,78 @@ def cmd_push(argv: list[str]) -> None:
     print(push_student(folder, a.repo_id, card, private=a.private))
 
 
+@dataclass
+class PseudoLabelArguments:
+    dataset: str = field(metadata={"help": "Audio to transcribe: Hub id, audiofolder, manifest or saved dataset."})
+    output_dir: str = field(metadata={"help": "Where the labelled dataset is saved (load it with --dataset DIR)."})
+    split: str = field(default="train", metadata={"help": "Split to transcribe."})
+    audio_column: str = field(default="audio", metadata={"help": "Column with the audio."})
+    text_column: str | None = field(
+        default="text", metadata={"help": "Reference transcripts for the WER filter (absent: unlabelled audio)."})
+    output_column: str = field(default="pseudo_text", metadata={"help": "Column for the teacher's transcripts."})
+    max_wer: float | None = field(
+        default=None, metadata={"help": "Keep rows whose pseudo-label is within this WER of the reference (0.1)."})
+    batch_size: int = field(default=8, metadata={"help": "Transcription batch size."})
+    max_samples: int | None = field(default=None, metadata={"help": "Transcribe at most this many rows."})
+    device: str = field(default="cpu", metadata={"help": "Device: cpu, cuda, ..."})
+
+
+def cmd_pseudo_label(argv: list[str]) -> None:
+    """Transcribe a dataset with the teacher (sequence-level KD targets), keep rows within --max_wer; resumable."""
+    import torch
+
+    from .data import load_speech_dataset
+    from .pseudo_label import pseudo_label
+    from .student import load_model
+
+    t_args, a = _parse((TeacherArguments, PseudoLabelArguments), argv, "hf-asr-distill pseudo-label")
+    processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
+    teacher = load_model(t_args.teacher).to(torch.device(a.device))
+    raw = _limit(load_speech_dataset(a.dataset, a.split, a.audio_column, None), a.max_samples)
+    labelled, stats = pseudo_label(teacher, processor, raw, a.audio_column, a.text_column, a.output_column,
+                                   a.max_wer, batch_size=a.batch_size, work_dir=Path(a.output_dir) / "progress")
+    labelled.save_to_disk(str(Path(a.output_dir) / "dataset"))
+    print(f"kept {stats.kept} of {stats.transcribed} rows ({stats}); saved to {Path(a.output_dir) / 'dataset'}")
+
+
+@dataclass
+class CacheArguments:
+    dataset: str = field(metadata={"help": "The training data (same source and split the distillation uses)."})
+    output_dir: str = field(metadata={"help": "Cache directory (re-run to resume an interrupted cache)."})
+    split: str = field(default="train", metadata={"help": "Split to cache."})
+    audio_column: str = field(default="audio", metadata={"help": "Column with the audio."})
+    text_column: str = field(default="text", metadata={"help": "Column with the transcript."})
+    k: int = field(default=8, metadata={"help": "Teacher probabilities kept per position (top-k)."})
+    temperature: float = field(default=2.0, metadata={"help": "Temperature of the cached probabilities."})
+    hidden_layers: str | None = field(
+        default=None, metadata={"help": 'Teacher hidden states to keep, JSON: {"decoder": [4]} or {"encoder": [4, 8]}'})
+    encoder_outputs: bool = field(default=False, metadata={"help": "Whisper: keep the final encoder output."})
+    batch_size: int = field(default=8, metadata={"help": "Teacher batch size."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows."})
+
+
+def cmd_cache_teacher(argv: list[str]) -> None:
+    """Run the teacher once over the training data and store top-k probabilities / hidden states (resumable)."""
+    from .cache import cache_size_bytes, cache_teacher
+    from .data import load_speech_dataset, prepare_dataset
+    from .student import hidden_size, load_model
+
+    t_args, a = _parse((TeacherArguments, CacheArguments), argv, "hf-asr-distill cache-teacher")
+    processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
+    teacher = load_model(t_args.teacher)
+    raw = _limit(load_speech_dataset(a.dataset, a.split, a.audio_column, a.text_column), a.max_samples)
+    dataset, _ = prepare_dataset(raw, processor, teacher, a.audio_column, a.text_column)
+    if a.encoder_outputs:  # say what it costs before spending it
+        width = hidden_size(teacher.config)
+        frames = teacher.config.max_source_positions
+        print(f"encoder outputs: {len(dataset)} x {frames} x {width} fp16 = "
+              f"{len(dataset) * frames * width * 2 / 1e9:.2f} GB on disk")
+    layers = {k: list(v) for k, v in json.loads(a.hidden_layers).items()} if a.hidden_layers else None
+    cache_teacher(teacher, processor, dataset, a.output_dir, k=a.k, temperature=a.temperature, hidden_layers=layers,
+                  encoder_outputs=a.encoder_outputs, batch_size=a.batch_size)
+    print(f"cache complete: {cache_size_bytes(a.output_dir) / 1e6:.1f} MB in {a.output_dir}")
+
+
 def cmd_demo(argv: list[str]) -> None:
     """The whole job offline on CPU: synthesise speech, distil the shipped teacher, print the side-by-side table."""
     from .demo import DemoArguments, run_demo
@@ -233,6 +308,8 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "demo": cmd_demo,
     "distill": cmd_distill,
     "evaluate": cmd_evaluate,
+    "pseudo-label": cmd_pseudo_label,
+    "cache-teacher": cmd_cache_teacher,
     "push": cmd_push,
 }
 

@@ -85,3 +85,21 @@ def test_example_configs_parse(name):
                                             ["--config", str(path)])
     assert teacher.teacher and data.dataset and config.alpha_hidden == 1.0
     assert (config.decoder_layer_map or config.hidden_layer_map) and student.shrink()
+
+
+def test_pseudo_label_cache_and_distill_from_the_cache(saved_teacher, capsys):
+    root = saved_teacher
+    main(["pseudo-label", "--teacher", str(root / "teacher"), "--dataset", str(root / "corpus"),
+          "--output_dir", str(root / "pl"), "--batch_size", "4"])
+    assert "kept 8 of 8 rows" in capsys.readouterr().out
+    from datasets import load_from_disk
+
+    assert "pseudo_text" in load_from_disk(str(root / "pl" / "dataset")).column_names
+    main(["cache-teacher", "--teacher", str(root / "teacher"), "--dataset", str(root / "corpus"),
+          "--output_dir", str(root / "cache"), "--k", "4", "--hidden_layers", '{"encoder": [2, 4]}'])
+    assert "cache complete" in capsys.readouterr().out
+    main(["distill", "--teacher", str(root / "teacher"), "--num_hidden_layers", "2", "--dataset",
+          str(root / "corpus"), "--teacher_cache", str(root / "cache"), "--output_dir", str(root / "run"),
+          "--max_steps", "2", "--alpha_hidden", "1", "--hidden_layer_map", '{"1": 2, "2": 4}', "--report_to",
+          "none", "--save_strategy", "no", "--disable_tqdm", "true", "--per_device_train_batch_size", "4"])
+    assert json.loads((root / "run" / "distillation.json").read_text())["steps"] == 2
