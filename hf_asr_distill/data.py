@@ -154,7 +154,8 @@ class PrepareStats:
 
 
 def _check_row(row: dict, index: int, audio_column: str, text_column: str | None, tokenize: Callable,
-               limits: tuple[float, float, int | None], stats: PrepareStats, on_error: str) -> bool:
+               limits: tuple[float, float, int | None], stats: PrepareStats, on_error: str,
+               frames_for: Callable[[float], int] | None = None) -> bool:
     min_s, max_s, max_tokens = limits
 
     def fail(reason: str, message: str) -> bool:
@@ -177,9 +178,13 @@ def _check_row(row: dict, index: int, audio_column: str, text_column: str | None
     if seconds < min_s:
         stats.skip("too_short", f"row {index}: {seconds:.2f} s < {min_s} s")
         return False
-    if text_column is not None and max_tokens is not None and len(tokenize(row[text_column])) > max_tokens:
+    n_labels = len(tokenize(row[text_column])) if text_column is not None else 0
+    if max_tokens is not None and n_labels > max_tokens:
         stats.skip("labels_too_long", f"row {index}: more than {max_tokens} label tokens")
         return False
+    if frames_for is not None and n_labels > frames_for(seconds):
+        return fail("labels_too_long", f"{n_labels} labels but only {frames_for(seconds)} CTC frames for "
+                    f"{_source_name(row[audio_column])}: the CTC loss would be infinite")
     stats.kept += 1
     return True
 
@@ -210,8 +215,13 @@ def prepare_dataset(
     tokenizer = processor.tokenizer
     stats = PrepareStats()
     limits = (min_seconds, max_seconds, max_label_tokens)
+    frames_for = None
+    if not whisper:  # CTC needs at least one output frame per label
+        rate = processor.feature_extractor.sampling_rate
+        frames_for = lambda s: int(model._get_feat_extract_output_lengths(int(s * rate)))  # noqa: E731
     keep = [
-        _check_row(row, i, audio_column, text_column, lambda t: tokenizer(t).input_ids, limits, stats, on_error)
+        _check_row(row, i, audio_column, text_column, lambda t: tokenizer(t).input_ids, limits, stats, on_error,
+                   frames_for)
         for i, row in enumerate(ds)
     ]
     ds = ds.select([i for i, ok in enumerate(keep) if ok])

@@ -93,6 +93,7 @@ def wer_metrics(processor: Any, english: bool = True) -> Callable[[EvalPredictio
     tokenizer = getattr(processor, "tokenizer", processor)
     normalizer = text_normalizer(tokenizer, english)
     whisper = _is_whisper_tokenizer(tokenizer)
+    load_metric("wer"), load_metric("cer")  # fail now, before training, if the metric modules cannot load
 
     def compute(pred: EvalPrediction) -> dict:
         predictions = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions

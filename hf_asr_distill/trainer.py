@@ -91,6 +91,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         super().__init__(model=model, args=args, **kwargs)
         # Whisper: let Trainer count label tokens over the accumulated batch (and across processes).
         self.model_accepts_loss_kwargs = self.family == "whisper"
+        self._check_input_length()
         if teacher_model is None:  # sequence-level KD only: the targets are the teacher's transcripts
             self.teacher = None
         elif teacher_cache is None:
@@ -107,6 +108,17 @@ class DistillationTrainer(Seq2SeqTrainer):
                     self.layer_maps)
         if args.push_to_hub:
             self.model_card()  # a card that cannot render fails now, not after training
+
+    def _check_input_length(self) -> None:
+        """Whisper: the feature extractor's window must fit the encoder, or every step would fail."""
+        extractor = getattr(self.processing_class, "feature_extractor", None)
+        frames = getattr(extractor, "nb_max_frames", None)
+        if self.family == "whisper" and frames is not None:
+            accepted = 2 * self.model.config.max_source_positions
+            if frames > accepted:
+                raise ValueError(f"The feature extractor makes {frames} log-mel frames, but the student accepts "
+                                 f"{accepted} (max_source_positions={self.model.config.max_source_positions}). "
+                                 "Use the teacher's processor with a student of the same max_source_positions.")
 
     # ---- teacher ---------------------------------------------------------------------------------------------
 
@@ -309,6 +321,12 @@ class DistillationTrainer(Seq2SeqTrainer):
         weights = {"ce": self.args.alpha_ce, "kd": self.args.alpha_kd, "hidden": self.args.alpha_hidden}
         loss = sum(weights[name] * value * token_scale for name, value in token_terms.items())
         loss = loss + sum(weights[name] * value / ga_steps for name, value in mean_terms.items())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The distillation loss is not finite ({ {n: v.item() for n, v in {**token_terms, **mean_terms}.items()} }) "
+                f"on the batch of examples {example_ids.tolist() if example_ids is not None else '(ids unknown)'}. "
+                "Check those rows' audio and labels, or lower the learning rate."
+            )
         metrics = self._metrics["train" if model.training else "eval"]
         for name, value in token_terms.items():
             metrics[f"loss_{name}"].append((value / count.clamp(min=1)).detach())
