@@ -18,7 +18,10 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
+# The demo synthesises its corpus with flite; install it when missing (Debian/Ubuntu).
 demo: install
+	@command -v flite >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq flite) \
+		|| { echo "please install flite (apt-get install flite)"; exit 1; }
 	$(VENV)/bin/hf-asr-distill demo
 
 .PHONY: install test test-slow demo

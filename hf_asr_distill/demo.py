@@ -99,7 +99,8 @@ class DemoArguments:
     eval_split: str = field(default="test", metadata={"help": "Split to evaluate on."})
     max_train_samples: int = field(default=256, metadata={"help": "Rows of the train split to distil on."})
     max_eval_samples: int = field(default=40, metadata={"help": "Rows of the eval split to evaluate on."})
-    max_steps: int = field(default=120, metadata={"help": "Distillation steps."})
+    max_steps: int = field(default=300, metadata={"help": "Distillation steps."})
+    corpus_per_voice: int = field(default=150, metadata={"help": "Synthesised training utterances per voice."})
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Student learning rate."})
     student_layers: int = field(default=2, metadata={"help": "Student layers (CTC) or decoder layers (Whisper)."})
@@ -127,7 +128,7 @@ def run_demo(args: DemoArguments) -> list:
 
     start = time.perf_counter()
     out = Path(args.output_dir)
-    dataset = args.dataset or str(demo_corpus(out / "corpus"))
+    dataset = args.dataset or str(demo_corpus(out / "corpus", per_voice_train=args.corpus_per_voice))
     teacher_path = args.teacher or str(shipped_teacher_path())
     teacher = load_model(teacher_path, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(teacher_path)

@@ -192,7 +192,18 @@ def transcribe_batch(model: PreTrainedModel, processor: Any, batch: dict, genera
     inputs = {"input_values": batch["input_values"].to(model.device, model.dtype)}
     if "attention_mask" in batch:
         inputs["attention_mask"] = batch["attention_mask"].to(model.device)
-    return tokenizer.batch_decode(model(**inputs).logits.argmax(-1).cpu())
+    ids = model(**inputs).logits.argmax(-1).cpu()
+    return tokenizer.batch_decode(mask_padded_frames(model, ids, batch.get("attention_mask"), tokenizer.pad_token_id))
+
+
+def mask_padded_frames(model: PreTrainedModel, values: torch.Tensor, attention_mask: torch.Tensor | None,
+                       fill: Any) -> torch.Tensor:
+    """Set CTC outputs of padded frames (never trained, often garbage) to `fill`, e.g. the blank token id."""
+    if attention_mask is None:
+        return values
+    lengths = model._get_feat_extract_output_lengths(attention_mask.sum(-1)).to(values.device)
+    padded = torch.arange(values.shape[1], device=values.device)[None, :] >= lengths[:, None]
+    return values.masked_fill(padded.view(*padded.shape, *([1] * (values.dim() - 2))), fill)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from transformers.models.whisper.modeling_whisper import shift_tokens_right
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import DistillationConfig
+from .evaluation import mask_padded_frames
 from .model_card import RECIPE_FIELDS, build_model_card, push_student, results_from_report
 from .cache import CachedBatch, TeacherCache, bucket_logprobs, student_buckets
 from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS, align_time, masked_mean, masked_sum
@@ -157,11 +158,18 @@ class DistillationTrainer(Seq2SeqTrainer):
         return cache
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any):
-        """Evaluation: generation and the student's own loss never see the cache key `example_id`."""
-        if not self.args.predict_with_generate or self.args.prediction_loss_only:
-            return super().prediction_step(model, inputs, *args, **kwargs)
-        inputs = {k: v for k, v in inputs.items() if k != "example_id"}
-        return super().prediction_step(model, inputs, *args, **kwargs)
+        """Evaluation. Generation never sees the cache key `example_id`; CTC logits of padded frames become blanks
+        so that `compute_metrics` decodes only real audio."""
+        if self.args.predict_with_generate and not self.args.prediction_loss_only:
+            inputs = {k: v for k, v in inputs.items() if k != "example_id"}
+        loss, logits, labels = super().prediction_step(model, inputs, *args, **kwargs)
+        if self.family == "ctc" and logits is not None and inputs.get("attention_mask") is not None:
+            blank = torch.full_like(logits, torch.finfo(logits.dtype).min)
+            blank[..., self.accelerator.unwrap_model(model).config.pad_token_id] = 0
+            padded = mask_padded_frames(self.accelerator.unwrap_model(model), torch.zeros(logits.shape[:2]),
+                                        inputs["attention_mask"], 1.0).bool().to(logits.device)
+            logits = torch.where(padded[..., None], blank, logits)
+        return loss, logits, labels
 
     def _can_share_encoder(self) -> bool:
         """Whisper: the student's encoder is frozen and equal to the teacher's, so the teacher can reuse its output."""

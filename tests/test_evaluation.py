@@ -98,3 +98,16 @@ def test_report_on_tiny_models(tmp_path):
     assert [r["name"] for r in payload["results"]] == ["teacher", "student"]
     assert "| student |" in paths["md"].read_text()
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctc_decoding_ignores_padded_frames(tmp_path):
+    from hf_asr_distill.evaluation import mask_padded_frames
+
+    model = tiny_ctc()
+    ids = torch.full((2, 62), 5)  # 62 frames for 1,000 samples
+    mask = torch.zeros(2, 1000, dtype=torch.long)
+    mask[0, :1000], mask[1, :400] = 1, 1
+    out = mask_padded_frames(model, ids, mask, 0)
+    frames = int(model._get_feat_extract_output_lengths(torch.tensor(400)))
+    assert out[0].tolist() == [5] * 62
+    assert out[1].tolist() == [5] * frames + [0] * (62 - frames)

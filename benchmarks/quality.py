@@ -1,0 +1,117 @@
+"""Distillation quality: the same student trained with hard labels only, + output-layer KD, + hidden-state KD, and
+on teacher pseudo-labels (sequence-level KD), same steps, data and seeds; held-out voices for testing.
+
+    python benchmarks/quality.py --teacher openai/whisper-tiny.en --steps 60 --seeds 0 1
+
+Two student shapes: distil-whisper's (all encoder layers copied and frozen, 2 decoder layers) and a shrunk
+encoder (2 encoder, 2 decoder layers). Prints teacher and students: WER, CER, runaways, params, size, latency,
+speed-up, plus the teacher's WER on the training voices (KD can only transfer what the teacher knows).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor
+
+from common import base_parser, machine, table
+from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
+from hf_asr_distill.corpus import make_corpus
+from hf_asr_distill.data import load_speech_dataset, prepare_dataset
+from hf_asr_distill.evaluation import compare, evaluate_model
+from hf_asr_distill.pseudo_label import pseudo_label
+from hf_asr_distill.student import load_model
+
+SHAPES = {"4 enc (frozen) / 2 dec": dict(decoder_layers=2, freeze_encoder=True),
+          "2 enc / 2 dec": dict(encoder_layers=2, decoder_layers=2)}
+METHODS = {"hard labels": dict(alpha_ce=1.0, alpha_kd=0.0, alpha_hidden=0.0),
+           "+ output KD": dict(alpha_ce=0.8, alpha_kd=1.0, alpha_hidden=0.0),
+           "+ output + hidden KD": dict(alpha_ce=0.8, alpha_kd=1.0, alpha_hidden=1.0),
+           "pseudo-labels + output KD": dict(alpha_ce=0.8, alpha_kd=1.0, alpha_hidden=0.0, pseudo=True)}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--train_voices", default="flite:slt,flite:rms,flite:kal")
+    parser.add_argument("--test_voices", default="flite:awb")
+    parser.add_argument("--per_voice", type=int, default=40)
+    parser.add_argument("--per_test_voice", type=int, default=30)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--output", default="runs/quality.json")
+    cli = parser.parse_args()
+    folder = make_corpus(cli.corpus + "_quality", {"train": (cli.train_voices.split(","), cli.per_voice),
+                                                   "test": (cli.test_voices.split(","), cli.per_test_voice)})
+    processor = AutoProcessor.from_pretrained(cli.teacher)
+    teacher = load_model(cli.teacher, dtype=torch.float32)
+    raw_train = load_speech_dataset(str(folder), "train")
+    train, _ = prepare_dataset(raw_train, processor, teacher)
+    test, _ = prepare_dataset(load_speech_dataset(str(folder), "test"), processor, teacher)
+    labelled, pl_stats = pseudo_label(teacher, processor, raw_train, batch_size=8, progress=False)
+    pseudo, _ = prepare_dataset(labelled, processor, teacher, text_column="pseudo_text")
+    teacher_train = evaluate_model("teacher", teacher, processor, train, batch_size=8, warmup=0, repeats=1,
+                                   progress=False)
+    teacher_test = evaluate_model("teacher", teacher, processor, test, batch_size=8, warmup=0, repeats=1,
+                                  progress=False)
+    rows, raw = [], {"teacher_train_wer": teacher_train.scores["wer"], "teacher": teacher_test.scores}
+    for shape in cli.shapes.split(","):
+        for method in cli.methods.split(","):
+            results = []
+            for seed in cli.seeds:
+                student = train_student(teacher, processor, pseudo if METHODS[method].get("pseudo") else train,
+                                        shape, method, seed, cli)
+                result = evaluate_model(f"{shape} | {method}", student, processor, test, batch_size=8, warmup=0,
+                                        repeats=1, progress=False)
+                results.append(compare([teacher_test, result])[1])
+                raw[f"{shape} | {method} | seed {seed}"] = result.scores
+                print(f"{shape} | {method} | seed {seed}: WER {100 * result.scores['wer']:.2f}", flush=True)
+            rows.append(summarise(shape, method, results))
+    Path(cli.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(cli.output).write_text(json.dumps(raw, indent=2))
+    print(f"\n{cli.teacher}; train voices {cli.train_voices} ({len(train)} utt.), test voice(s) {cli.test_voices} "
+          f"({len(test)} utt.); {cli.steps} steps, batch {cli.batch}, lr {cli.lr}, seeds {cli.seeds}; {machine()}")
+    print(f"teacher WER on the training voices: {100 * teacher_train.scores['wer']:.2f}%; pseudo-labels kept "
+          f"{pl_stats.kept}/{pl_stats.transcribed}\n")
+    t = teacher_test
+    head = [["teacher", f"{100 * t.scores['wer']:.2f}", "-", f"{100 * t.scores['cer']:.2f}", t.scores["runaway"],
+             f"{t.params['total'] / 1e6:.1f}", f"{t.size_bytes['fp32'] / 1e6:.0f}", f"{t.latency_ms:.0f}", "1.00x"]]
+    print(table(["model", "WER % (mean)", "WER % per seed", "CER %", "runaways", "params (M)", "size (MB)",
+                 "latency (ms/utt)", "speed-up"], head + rows))
+
+
+def train_student(teacher, processor, data, shape, method, seed, cli):
+    torch.manual_seed(seed)
+    student, _ = make_student(teacher, **SHAPES[shape])
+    weights = {k: v for k, v in METHODS[method].items() if k != "pseudo"}
+    args = DistillationConfig(output_dir=tempfile.mkdtemp(), max_steps=cli.steps, per_device_train_batch_size=cli.batch,
+                              learning_rate=cli.lr, warmup_steps=max(1, cli.steps // 10), seed=seed, data_seed=seed,
+                              save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=cli.steps,
+                              **weights)
+    needs_teacher = weights["alpha_kd"] > 0 or weights["alpha_hidden"] > 0
+    trainer = DistillationTrainer(model=student, teacher_model=teacher if needs_teacher else None, args=args,
+                                  processing_class=processor, train_dataset=data,
+                                  data_collator=collator_for(processor, student))
+    trainer.train()
+    return trainer.model
+
+
+def summarise(shape, method, results):
+    wers = [100 * r.scores["wer"] for r in results]
+    r0 = results[0]
+    return [f"{shape} | {method}", f"{statistics.mean(wers):.2f}", " / ".join(f"{w:.2f}" for w in wers),
+            f"{statistics.mean(100 * r.scores['cer'] for r in results):.2f}", sum(r.scores["runaway"] for r in results),
+            f"{r0.params['total'] / 1e6:.1f}", f"{r0.size_bytes['fp32'] / 1e6:.0f}",
+            f"{statistics.mean(r.latency_ms for r in results):.0f}",
+            f"{statistics.mean(r.speedup for r in results):.2f}x"]
+
+
+if __name__ == "__main__":
+    main()
