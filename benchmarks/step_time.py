@@ -2,7 +2,8 @@
 
     python benchmarks/step_time.py --teacher openai/whisper-tiny.en [--batch 4] [--device cuda]
 
-Ratios printed (targets from the project's issues):
+Each kind of step runs in turn, `--repeats` rounds, and the fastest time of each counts (timings on a shared
+CPU drift; interleaving exposes all kinds to the same drift). Ratios printed (targets from the project's issues):
   KD step / (plain student step + teacher forward alone)              target <= 1.05  (the rest is waste)
   KD step, frozen shared encoder / same student, encoder recomputed     target <= 0.6
   teacher forward bf16 / fp32
@@ -13,12 +14,15 @@ Ratios printed (targets from the project's issues):
 
 from __future__ import annotations
 
+import argparse
 import copy
+import subprocess
+import sys
 import tempfile
 
 import torch
 
-from common import base_parser, corpus, machine, table, teacher_and_data, timed
+from common import base_parser, corpus, interleaved, machine, table, teacher_and_data
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
 from hf_asr_distill.cache import cache_teacher
 from hf_asr_distill.evaluation import PeakMemory
@@ -38,10 +42,40 @@ def make_step(trainer: DistillationTrainer, batch: dict):
     return step
 
 
+def probe_memory(cli, kind: str) -> float:
+    """Peak memory (MiB above the start of the step) of one steady-state step, measured in a fresh process."""
+    cmd = [sys.executable, __file__, "--teacher", cli.teacher, "--corpus", cli.corpus, "--device", cli.device,
+           "--batch", str(cli.batch), "--probe", kind]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def run_probe(cli) -> None:
+    teacher, processor, data = teacher_and_data(cli.teacher, corpus(cli.corpus))
+    device = torch.device(cli.device)
+    student, _ = make_student(teacher, decoder_layers=2)
+    kd = cli.probe == "kd"
+    args = DistillationConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=device.type == "cpu",
+                              per_device_train_batch_size=cli.batch, alpha_kd=1.0 if kd else 0.0,
+                              alpha_ce=0.8 if kd else 1.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher if kd else None, args=args,
+                                  processing_class=processor, train_dataset=data,
+                                  data_collator=collator_for(processor, student))
+    batch = {k: v.to(device) for k, v in collator_for(processor, student)([data[i] for i in range(cli.batch)]).items()}
+    step = make_step(trainer, batch)
+    step()  # optimizer state exists from here on
+    with PeakMemory(device) as memory:
+        step()
+    print(memory.peak / 2**20)
+
+
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--probe", choices=["plain", "kd"], help=argparse.SUPPRESS)
     cli = parser.parse_args()
+    if cli.probe:
+        return run_probe(cli)
     teacher, processor, data = teacher_and_data(cli.teacher, corpus(cli.corpus))
     device = torch.device(cli.device)
     rows = [data[i] for i in range(cli.batch)]
@@ -56,12 +90,14 @@ def main() -> None:
     batch = {k: v.to(device) for k, v in collator_for(processor, teacher)(rows).items()}
     trainable, _ = make_student(teacher, decoder_layers=2)
     frozen, _ = make_student(teacher, decoder_layers=2, freeze_encoder=True)
-    results = {}
     plain = trainer_for(trainable, None, tmp, alpha_kd=0.0, alpha_ce=1.0)
-    results["plain student step"] = timed(make_step(plain, batch), cli.repeats, cli.warmup, cli.device)
     plain_frozen = trainer_for(frozen, None, tmp, alpha_kd=0.0, alpha_ce=1.0)
-    results["plain step, frozen encoder"] = timed(make_step(plain_frozen, batch), cli.repeats, cli.warmup, cli.device)
-    kd = trainer_for(trainable, teacher, tmp)
+    kd = trainer_for(make_student(teacher, decoder_layers=2)[0], teacher, tmp)
+    shared = trainer_for(frozen, teacher, tmp)
+    assert shared.share_encoder
+    unshared = trainer_for(frozen, teacher, tmp, share_frozen_encoder=False)
+    bf16_teacher = trainer_for(make_student(teacher, decoder_layers=2)[0], copy.deepcopy(teacher), tmp,
+                               teacher_dtype="bf16").teacher
     teacher_inputs = {"input_features": batch["input_features"],
                       "decoder_input_ids": torch.where(batch["labels"] < 0, 0, batch["labels"])}
 
@@ -70,24 +106,7 @@ def main() -> None:
             model(input_features=teacher_inputs["input_features"].to(dtype),
                   decoder_input_ids=teacher_inputs["decoder_input_ids"])
 
-    results["teacher forward fp32"] = timed(teacher_forward, cli.repeats, cli.warmup, cli.device)
-    bf16_teacher = trainer_for(make_student(teacher, decoder_layers=2)[0], copy.deepcopy(teacher), tmp,
-                               teacher_dtype="bf16").teacher
-    results["teacher forward bf16"] = timed(lambda: teacher_forward(bf16_teacher, torch.bfloat16), cli.repeats,
-                                            cli.warmup, cli.device)
-    results["KD step"] = timed(make_step(kd, batch), cli.repeats, cli.warmup, cli.device)
-    shared = trainer_for(frozen, teacher, tmp)
-    assert shared.share_encoder
-    results["KD step, frozen shared encoder"] = timed(make_step(shared, batch), cli.repeats, cli.warmup, cli.device)
-    unshared = trainer_for(frozen, teacher, tmp, share_frozen_encoder=False)
-    results["KD step, frozen encoder recomputed"] = timed(make_step(unshared, batch), cli.repeats, cli.warmup,
-                                                          cli.device)
-    with PeakMemory(device) as mem_plain:
-        make_step(plain, batch)()
-    with PeakMemory(device) as mem_kd:
-        make_step(kd, batch)()
-
-    # caches: top-k logits (k = 8) for the trainable student, encoder outputs for the frozen one
+    # caches: top-k (k = 8) for a trainable student, encoder outputs for a frozen one
     cached_batch = {**batch, "example_id": torch.arange(cli.batch, device=device)}
     topk = cache_teacher(teacher, processor, data, tmp + "/topk", k=8, progress=False)
     enc = cache_teacher(teacher, processor, data, tmp + "/enc", k=8, encoder_outputs=True, progress=False)
@@ -99,13 +118,25 @@ def main() -> None:
                                    train_dataset=data, data_collator=collator_for(processor, student),
                                    teacher_cache=cache)
 
-    results["step from top-k cache"] = timed(make_step(cached_trainer(trainable, topk), cached_batch), cli.repeats,
-                                             cli.warmup, cli.device)
-    results["KD step from encoder cache"] = timed(make_step(cached_trainer(frozen, enc), cached_batch), cli.repeats,
-                                                  cli.warmup, cli.device)
+    steps = {
+        "plain student step": make_step(plain, batch),
+        "plain step, frozen encoder": make_step(plain_frozen, batch),
+        "teacher forward fp32": teacher_forward,
+        "teacher forward bf16": lambda: teacher_forward(bf16_teacher, torch.bfloat16),
+        "KD step": make_step(kd, batch),
+        "KD step, frozen shared encoder": make_step(shared, batch),
+        "KD step, frozen encoder recomputed": make_step(unshared, batch),
+        "step from top-k cache": make_step(cached_trainer(make_student(teacher, decoder_layers=2)[0], topk),
+                                           cached_batch),
+        "KD step from encoder cache": make_step(cached_trainer(make_student(teacher, decoder_layers=2,
+                                                                            freeze_encoder=True)[0], enc),
+                                                cached_batch),
+    }
+    results = interleaved(steps, cli.repeats, cli.warmup, cli.device)
+    memory = {kind: probe_memory(cli, kind) for kind in ("plain", "kd")}
 
     print(f"\nWhisper teacher {cli.teacher}, student: 2 decoder layers; batch {cli.batch} x 30 s; {machine()}\n")
-    print(table(["step", "median seconds"], [[k, f"{v:.3f}"] for k, v in results.items()]))
+    print(table(["step", "seconds (fastest of interleaved runs)"], [[k, f"{v:.3f}"] for k, v in results.items()]))
     r = results
     ratios = [
         ["KD step / (plain step + teacher forward)", r["KD step"] / (r["plain student step"] + r["teacher forward fp32"]),
@@ -113,7 +144,7 @@ def main() -> None:
         ["frozen shared encoder / recomputed", r["KD step, frozen shared encoder"]
          / r["KD step, frozen encoder recomputed"], "<= 0.6"],
         ["teacher bf16 / fp32 forward", r["teacher forward bf16"] / r["teacher forward fp32"], "< 1 on GPU"],
-        ["peak memory KD / plain step", (mem_kd.peak or 1) / (mem_plain.peak or 1), "-"],
+        ["peak memory KD / plain step", memory["kd"] / memory["plain"], "-"],
         ["top-k cache step / plain student step", r["step from top-k cache"] / r["plain student step"], "<= 1.10"],
         ["encoder-cache KD step / frozen encoder recomputed", r["KD step from encoder cache"]
          / r["KD step, frozen encoder recomputed"], "<= 0.3"],

@@ -205,9 +205,19 @@ class TeacherCache:
             raise ValueError(f"The teacher cache in {self.path} was made for another teacher, dataset, "
                              "preprocessing or settings (fingerprint mismatch); rebuild it with cache_teacher.")
 
-    def _read(self, example: int, name: str) -> torch.Tensor:
-        with safe_open(str(self._where[example]), framework="pt") as f:
-            return f.get_tensor(f"{example}.{name}")
+    def _read_examples(self, examples: list[int]) -> dict[int, dict[str, torch.Tensor]]:
+        """All cached tensors of `examples`, opening each shard once."""
+        by_shard: dict[Path, list[int]] = {}
+        for example in examples:
+            by_shard.setdefault(self._where[example], []).append(example)
+        out: dict[int, dict[str, torch.Tensor]] = {}
+        for shard, members in by_shard.items():
+            with safe_open(str(shard), framework="pt") as f:
+                keys = f.keys()
+                for example in members:
+                    prefix = f"{example}."
+                    out[example] = {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+        return out
 
     def batch(self, example_ids: list[int], positions: torch.Tensor, device: torch.device) -> CachedBatch:
         """Cached outputs for `example_ids`, scattered into the `positions` mask (batch, length) of the batch."""
@@ -218,17 +228,19 @@ class TeacherCache:
         hidden: dict[str, dict[int, torch.Tensor]] = {}
         encoder = []
         whole = self.manifest["family"] == "whisper"  # Whisper encoder states cover every position
+        stored = self._read_examples(example_ids)
+        cpu_positions = positions.cpu()
         for row, example in enumerate(example_ids):
-            mask = positions[row].cpu()
-            values = self._read(example, "logprobs")
+            mask, tensors = cpu_positions[row], stored[example]
+            values = tensors["logprobs"]
             if values.shape[0] != int(mask.sum()):
                 raise ValueError(f"example {example}: the cache has {values.shape[0]} positions, the batch "
                                  f"{int(mask.sum())}; the cache was made from other data.")
             logprobs[row, mask] = values
-            indices[row, mask] = self._read(example, "indices").long()
+            indices[row, mask] = tensors["indices"].long()
             for stack, layers in self.manifest["layers"].items():
                 for layer in layers:
-                    state = self._read(example, f"hidden.{stack}.{layer}")
+                    state = tensors[f"hidden.{stack}.{layer}"]
                     every = whole and stack == "encoder"
                     size = state.shape if every else (positions.shape[1], state.shape[-1])
                     full = hidden.setdefault(stack, {}).setdefault(
@@ -238,7 +250,7 @@ class TeacherCache:
                     else:
                         full[row, mask] = state
             if self.manifest["encoder_outputs"]:
-                encoder.append(self._read(example, "encoder"))
+                encoder.append(tensors["encoder"])
         move = lambda t: t.to(device)  # noqa: E731
         return CachedBatch(
             logprobs=move(logprobs), indices=move(indices),
