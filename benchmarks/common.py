@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 from typing import Callable
 
@@ -46,19 +45,8 @@ def teacher_and_data(name: str, corpus_dir: str, split: str = "train"):
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int, device: str) -> float:
-    """Median seconds of `fn` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Fastest of `repeats` runs of `fn` after `warmup` runs."""
+    return interleaved({"fn": fn}, repeats, warmup, device)["fn"]
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: str) -> dict[str, float]:

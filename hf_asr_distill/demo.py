@@ -152,7 +152,7 @@ def run_demo(args: DemoArguments) -> list:
                        for name, model in (("teacher", trainer.teacher), ("student", trainer.model))])
     family = model_family(teacher)
     paths = write_report(results, out / "student" / "report", meta={
-        "dataset": dataset, "utterances": len(test), "device": "CPU", "family": family})
+        "dataset": dataset, "train_dataset": dataset, "utterances": len(test), "device": "CPU", "family": family})
     elapsed = time.perf_counter() - start
     print(f"\nDistilled a {family} teacher ({teacher_path}) into a {args.student_layers}-layer student on "
           f"{len(train)} utterances, {args.max_steps} steps; evaluated on {len(test)} held-out utterances.\n")

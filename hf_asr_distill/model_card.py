@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -33,11 +35,20 @@ def results_from_report(path: str | Path) -> tuple[list[ModelResult], dict]:
     return [ModelResult(**r) for r in payload["results"]], payload.get("meta", {})
 
 
+def hub_id(name: str | None) -> str | None:
+    """`name` if it looks like a Hub repository id (owner/name) rather than a local path, else None."""
+    if not name or os.path.exists(name) or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        return None
+    return name
+
+
 def _eval_results(results: list[ModelResult], student: str, dataset: str | None, name: str) -> list[EvalResult]:
     row = next((r for r in results if r.name == student), None)
     if row is None or dataset is None:
         return []
-    common = dict(task_type="automatic-speech-recognition", dataset_type=dataset, dataset_name=name)
+    local = hub_id(dataset) is None  # a local folder: name it, but do not pretend it is a Hub dataset
+    common = dict(task_type="automatic-speech-recognition", dataset_type="custom" if local else dataset,
+                  dataset_name=f"{Path(dataset).name} (local)" if local else name)
     return [EvalResult(metric_type="wer", metric_value=round(100 * row.scores["wer"], 2), metric_name="WER", **common),
             EvalResult(metric_type="cer", metric_value=round(100 * row.scores["cer"], 2), metric_name="CER", **common)]
 
@@ -60,9 +71,11 @@ def build_model_card(
     results, meta = results or [], meta or {}
     recipe = asdict(recipe) if isinstance(recipe, DistillationConfig) else dict(recipe)
     eval_dataset = eval_dataset or meta.get("dataset")
+    train_dataset = train_dataset or meta.get("train_dataset")
+    # Only Hub ids go into the metadata: local paths mean nothing to the Hub (and would be rejected there).
     data = ModelCardData(
         language=language, license=license, library_name="transformers", pipeline_tag="automatic-speech-recognition",
-        base_model=teacher, datasets=[d for d in {train_dataset, eval_dataset} if d and "/" in d] or None,
+        base_model=hub_id(teacher), datasets=sorted({d for d in (train_dataset, eval_dataset) if hub_id(d)}) or None,
         tags=["distillation", "hf-asr-distill", student_config.model_type],
         model_name=repo_id.split("/")[-1],
         eval_results=_eval_results(results, student_name, eval_dataset, eval_dataset or "") or None,
@@ -73,7 +86,7 @@ def build_model_card(
                  "num_hidden_layers", "hidden_size"))}
     return ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id, teacher=teacher,
-        teacher_url=f"https://huggingface.co/{teacher}" if "/" in teacher else teacher,
+        teacher_link=f"[{teacher}](https://huggingface.co/{teacher})" if hub_id(teacher) else f"`{Path(teacher).name}`",
         recipe={k: recipe.get(k) for k in RECIPE_FIELDS}, student_shape=", ".join(f"{k}={v}" for k, v in shape.items()),
         copied_layers=json.dumps(getattr(student_config, "distillation_layer_map", None)),
         layer_maps=json.dumps(meta.get("layer_maps")) if meta.get("layer_maps") else "defaults",

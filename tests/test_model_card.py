@@ -75,3 +75,10 @@ def test_push_command_renders_card_from_report(tmp_path, capsys):
     assert {r.metric_type for r in card.data.eval_results} == {"wer", "cer"}
     assert "![accuracy vs speed](report.png)" in card.text and (tmp_path / "student" / "report.png").exists()
     assert set(UPLOAD_PATTERNS) >= {"README.md", "report.png"}
+
+
+def test_local_paths_stay_out_of_the_hub_metadata(tmp_path):
+    student, _ = make_student(tiny_ctc(), num_hidden_layers=2)
+    card = build_model_card("me/s", str(tmp_path), {}, student.config, fake_results(), {"dataset": str(tmp_path)})
+    assert card.data.base_model is None and card.data.datasets is None
+    assert f"`{tmp_path.name}`" in card.text
