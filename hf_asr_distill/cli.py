@@ -70,6 +70,14 @@ class EvalArguments:
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate at most this many rows."})
     english: bool = field(default=True, metadata={"help": "Whisper English normaliser (else the basic one)."})
     device: str = field(default="cpu", metadata={"help": "Device to run on: cpu, cuda, cuda:1, ..."})
+    no_repeat_ngram_size: int | None = field(
+        default=None, metadata={"help": "Whisper generation: forbid repeating n-grams of this size (anti-loop)."})
+    repetition_penalty: float | None = field(
+        default=None, metadata={"help": "Whisper generation: penalty > 1 for repeated tokens (anti-loop)."})
+
+    def generate_kwargs(self) -> dict:
+        names = ("no_repeat_ngram_size", "repetition_penalty")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 def _parse(dataclasses: tuple, argv: list[str], prog: str = "hf-asr-distill") -> tuple:
@@ -174,7 +182,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     dataset, _ = prepare_dataset(_limit(raw, e_args.max_samples), processor, models["teacher"],
                                  e_args.audio_column, e_args.text_column)
     _report(models, processor, dataset, Path(e_args.output_dir), batch_size=e_args.batch_size,
-            repeats=e_args.repeats, warmup=e_args.warmup, english=e_args.english)
+            repeats=e_args.repeats, warmup=e_args.warmup, english=e_args.english,
+            generate_kwargs=e_args.generate_kwargs() or None)
 
 
 @dataclass
