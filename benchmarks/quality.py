@@ -5,7 +5,9 @@ on teacher pseudo-labels (sequence-level KD), same steps, data and seeds; held-o
 
 Two student shapes: distil-whisper's (all encoder layers copied and frozen, 2 decoder layers) and a shrunk
 encoder (2 encoder, 2 decoder layers). Prints teacher and students: WER, CER, runaways, params, size, latency,
-speed-up, plus the teacher's WER on the training voices (KD can only transfer what the teacher knows).
+speed-up, plus the teacher's WER on the training voices (KD can only transfer what the teacher knows). Two test
+sets, both spoken by a voice not used in training: sentences from the training grammar, and sentences built from
+words the students never heard in training ("new words"), where only what the teacher knows can help.
 """
 
 from __future__ import annotations
@@ -48,20 +50,26 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--output", default="runs/quality.json")
     cli = parser.parse_args()
+    test_voices = cli.test_voices.split(",")
     folder = make_corpus(cli.corpus + "_quality", {"train": (cli.train_voices.split(","), cli.per_voice),
-                                                   "test": (cli.test_voices.split(","), cli.per_test_voice)})
+                                                   "test": (test_voices, cli.per_test_voice),
+                                                   "test_open": (test_voices, cli.per_test_voice, "open")})
     processor = AutoProcessor.from_pretrained(cli.teacher)
     teacher = load_model(cli.teacher, dtype=torch.float32)
     raw_train = load_speech_dataset(str(folder), "train")
     train, _ = prepare_dataset(raw_train, processor, teacher)
     test, _ = prepare_dataset(load_speech_dataset(str(folder), "test"), processor, teacher)
+    test_open, _ = prepare_dataset(load_speech_dataset(str(folder), "test_open"), processor, teacher)
     labelled, pl_stats = pseudo_label(teacher, processor, raw_train, batch_size=8, progress=False)
     pseudo, _ = prepare_dataset(labelled, processor, teacher, text_column="pseudo_text")
     teacher_train = evaluate_model("teacher", teacher, processor, train, batch_size=8, warmup=0, repeats=1,
                                    progress=False)
     teacher_test = evaluate_model("teacher", teacher, processor, test, batch_size=8, warmup=0, repeats=1,
                                   progress=False)
-    rows, raw = [], {"teacher_train_wer": teacher_train.scores["wer"], "teacher": teacher_test.scores}
+    teacher_open = evaluate_model("teacher", teacher, processor, test_open, batch_size=8, warmup=0, repeats=1,
+                                  progress=False)
+    rows, raw = [], {"teacher_train_wer": teacher_train.scores["wer"], "teacher": teacher_test.scores,
+                     "teacher_open": teacher_open.scores}
     for shape in cli.shapes.split(","):
         for method in cli.methods.split(","):
             results = []
@@ -70,9 +78,12 @@ def main() -> None:
                                         shape, method, seed, cli)
                 result = evaluate_model(f"{shape} | {method}", student, processor, test, batch_size=8, warmup=0,
                                         repeats=1, progress=False)
-                results.append(compare([teacher_test, result])[1])
-                raw[f"{shape} | {method} | seed {seed}"] = result.scores
-                print(f"{shape} | {method} | seed {seed}: WER {100 * result.scores['wer']:.2f}", flush=True)
+                opened = evaluate_model("open", student, processor, test_open, batch_size=8, warmup=0, repeats=0,
+                                        progress=False)
+                results.append((compare([teacher_test, result])[1], opened))
+                raw[f"{shape} | {method} | seed {seed}"] = {"test": result.scores, "test_open": opened.scores}
+                print(f"{shape} | {method} | seed {seed}: WER {100 * result.scores['wer']:.2f} "
+                      f"(new words: {100 * opened.scores['wer']:.2f})", flush=True)
             rows.append(summarise(shape, method, results))
     Path(cli.output).parent.mkdir(parents=True, exist_ok=True)
     Path(cli.output).write_text(json.dumps(raw, indent=2))
@@ -81,10 +92,11 @@ def main() -> None:
     print(f"teacher WER on the training voices: {100 * teacher_train.scores['wer']:.2f}%; pseudo-labels kept "
           f"{pl_stats.kept}/{pl_stats.transcribed}\n")
     t = teacher_test
-    head = [["teacher", f"{100 * t.scores['wer']:.2f}", "-", f"{100 * t.scores['cer']:.2f}", t.scores["runaway"],
+    head = [["teacher", f"{100 * t.scores['wer']:.2f}", "-", f"{100 * teacher_open.scores['wer']:.2f}", "-",
+             f"{100 * t.scores['cer']:.2f}", t.scores["runaway"] + teacher_open.scores["runaway"],
              f"{t.params['total'] / 1e6:.1f}", f"{t.size_bytes['fp32'] / 1e6:.0f}", f"{t.latency_ms:.0f}", "1.00x"]]
-    print(table(["model", "WER % (mean)", "WER % per seed", "CER %", "runaways", "params (M)", "size (MB)",
-                 "latency (ms/utt)", "speed-up"], head + rows))
+    print(table(["model", "WER % (mean)", "WER % per seed", "WER % new words (mean)", "new words per seed",
+                 "CER %", "runaways", "params (M)", "size (MB)", "latency (ms/utt)", "speed-up"], head + rows))
 
 
 def train_student(teacher, processor, data, shape, method, seed, cli):
@@ -103,11 +115,15 @@ def train_student(teacher, processor, data, shape, method, seed, cli):
     return trainer.model
 
 
-def summarise(shape, method, results):
+def summarise(shape, method, pairs):
+    results = [r for r, _ in pairs]
     wers = [100 * r.scores["wer"] for r in results]
+    open_wers = [100 * o.scores["wer"] for _, o in pairs]
     r0 = results[0]
     return [f"{shape} | {method}", f"{statistics.mean(wers):.2f}", " / ".join(f"{w:.2f}" for w in wers),
-            f"{statistics.mean(100 * r.scores['cer'] for r in results):.2f}", sum(r.scores["runaway"] for r in results),
+            f"{statistics.mean(open_wers):.2f}", " / ".join(f"{w:.2f}" for w in open_wers),
+            f"{statistics.mean(100 * r.scores['cer'] for r in results):.2f}",
+            sum(r.scores["runaway"] + o.scores["runaway"] for r, o in pairs),
             f"{r0.params['total'] / 1e6:.1f}", f"{r0.size_bytes['fp32'] / 1e6:.0f}",
             f"{statistics.mean(r.latency_ms for r in results):.0f}",
             f"{statistics.mean(r.speedup for r in results):.2f}x"]

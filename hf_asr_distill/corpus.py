@@ -22,12 +22,28 @@ _TAILS = ["this morning", "last night", "before lunch", "after the rain", "on su
           "with great care", "very slowly", "at the market", "near the river", "", ""]
 
 
-def make_sentences(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct sentences from a small grammar (about 20,000 possible)."""
+# A second grammar with none of the first one's nouns and verbs: tests whether a student still recognises words
+# it never heard in training (what a teacher's knowledge, passed on by distillation, is for).
+_OPEN_SUBJECTS = ["the young pilot", "a nervous singer", "my cousin", "the captain", "our landlord", "the grey cat",
+                  "a clever lawyer", "the nurse", "his father", "the gardener", "a famous writer", "the mayor"]
+_OPEN_VERBS = ["repaired", "ordered", "borrowed", "noticed", "polished", "described", "delivered", "ignored",
+               "measured", "painted over", "returned", "photographed"]
+_OPEN_OBJECTS = ["the silver spoon", "a paper map", "the yellow tent", "an empty bottle", "the piano", "a leather coat",
+                 "the bridge", "a small statue", "the orange lamp", "a birthday cake", "the station clock",
+                 "a wooden ladder"]
+_OPEN_TAILS = ["yesterday afternoon", "before dinner", "during the storm", "on monday", "in the morning",
+               "without a word", "quite carefully", "at the harbour", "near the castle", "for an hour", "", ""]
+GRAMMARS = {"default": (_SUBJECTS, _VERBS, _OBJECTS, _TAILS),
+            "open": (_OPEN_SUBJECTS, _OPEN_VERBS, _OPEN_OBJECTS, _OPEN_TAILS)}
+
+
+def make_sentences(count: int, seed: int = 0, grammar: str = "default") -> list[str]:
+    """`count` distinct sentences from a small grammar (about 20,000 possible); 'open' uses other words."""
     rng = random.Random(seed)
+    parts = GRAMMARS[grammar]
     seen: dict[str, None] = {}
     while len(seen) < count:
-        words = [rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_OBJECTS), rng.choice(_TAILS)]
+        words = [rng.choice(options) for options in parts]
         seen[" ".join(w for w in words if w)] = None
     return list(seen)
 
@@ -56,18 +72,22 @@ def synthesize(text: str, voice: str, path: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def make_corpus(out_dir: str | Path, splits: dict[str, tuple[list[str], int]], seed: int = 0) -> Path:
+def make_corpus(out_dir: str | Path, splits: dict[str, tuple], seed: int = 0) -> Path:
     """Write an audiofolder: `out_dir/<split>/*.wav` and `out_dir/<split>/metadata.csv` (file_name, text, voice).
 
-    `splits` maps a split name to (voices, utterances per voice); each split gets its own sentences, so test
-    sentences are never seen in training. Existing complete splits are kept (re-running is cheap).
+    `splits` maps a split name to (voices, utterances per voice) or (voices, utterances per voice, grammar);
+    each split gets its own sentences, so test sentences are never seen in training. Existing complete splits
+    are kept (re-running is cheap).
     """
     out = Path(out_dir)
-    pool = make_sentences(sum(per_voice * len(voices) for voices, per_voice in splits.values()), seed=seed)
-    for split, (voices, per_voice) in splits.items():
+    grammar_of = {name: spec[2] if len(spec) > 2 else "default" for name, spec in splits.items()}
+    pools = {g: make_sentences(sum(spec[1] * len(spec[0]) for n, spec in splits.items() if grammar_of[n] == g),
+                               seed=seed, grammar=g) for g in set(grammar_of.values())}
+    for split, (voices, per_voice, *_) in splits.items():
         folder = out / split
         metadata = folder / "metadata.csv"
-        sentences, pool = pool[: per_voice * len(voices)], pool[per_voice * len(voices):]
+        pool = pools[grammar_of[split]]
+        sentences, pools[grammar_of[split]] = pool[: per_voice * len(voices)], pool[per_voice * len(voices):]
         if metadata.exists():
             continue
         folder.mkdir(parents=True, exist_ok=True)
