@@ -127,6 +127,11 @@ class DistillationTrainer(Seq2SeqTrainer):
     def _needs_teacher(self) -> bool:
         return self.args.alpha_kd > 0 or self.args.alpha_hidden > 0
 
+    def _teacher_terms(self, model: nn.Module) -> bool:
+        """Whether this step compares with the teacher. A cache covers the training set only, so evaluation
+        batches with a cache get the hard-label loss alone."""
+        return self._needs_teacher and (self.cache is None or model.training)
+
     def _prepare_teacher(self, teacher: PreTrainedModel) -> PreTrainedModel:
         teacher.eval()
         teacher.requires_grad_(False)
@@ -369,7 +374,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         if args.alpha_ce > 0:
             token_terms["ce"] = F.cross_entropy(outputs.logits.flatten(0, 1).float(), labels.flatten(),
                                                 ignore_index=-100, reduction="sum")
-        if self._needs_teacher:
+        if self._teacher_terms(model):
             live = self._whisper_teacher(inputs, outputs, want_hidden) if cached is None else None
             teacher_logits = live.logits if live is not None else None
             teacher_hidden = ({"encoder": live.encoder_hidden_states, "decoder": live.decoder_hidden_states}
@@ -401,7 +406,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         mean_terms = {}
         if args.alpha_ce > 0:
             mean_terms["ce"] = outputs.loss
-        if self._needs_teacher:
+        if self._teacher_terms(model):
             frames = outputs.logits.shape[1]
             mask = self._frame_mask(model, inputs.get("attention_mask"), frames)
             positions = mask if mask is not None else torch.ones(outputs.logits.shape[:2], dtype=torch.bool)
@@ -422,7 +427,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         return {}, zero, mean_terms, outputs
 
     def _cached(self, example_ids: torch.Tensor | None, positions: torch.Tensor) -> CachedBatch | None:
-        if self.cache is None:
+        if self.cache is None or not self.model.training:
             return None
         if example_ids is None:
             raise ValueError("A teacher cache needs `example_id` in every batch: prepare the dataset with "
