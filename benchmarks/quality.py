@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--output", default="runs/quality.json")
+    parser.add_argument("--hidden_loss", default="mse", help="hidden loss of the '+ output + hidden KD' method")
+    parser.add_argument("--alpha_hidden", type=float, default=1.0, help="its weight")
+    parser.add_argument("--projection", default="linear", help="its projection (linear, mlp, none)")
     cli = parser.parse_args()
     test_voices = cli.test_voices.split(",")
     folder = make_corpus(cli.corpus + "_quality", {"train": (cli.train_voices.split(","), cli.per_voice),
@@ -103,6 +106,8 @@ def train_student(teacher, processor, data, shape, method, seed, cli):
     torch.manual_seed(seed)
     student, _ = make_student(teacher, **SHAPES[shape])
     weights = {k: v for k, v in METHODS[method].items() if k != "pseudo"}
+    if weights["alpha_hidden"] > 0:
+        weights.update(alpha_hidden=cli.alpha_hidden, hidden_loss=cli.hidden_loss, projection=cli.projection)
     args = DistillationConfig(output_dir=tempfile.mkdtemp(), max_steps=cli.steps, per_device_train_batch_size=cli.batch,
                               learning_rate=cli.lr, warmup_steps=max(1, cli.steps // 10), seed=seed, data_seed=seed,
                               save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=cli.steps,
