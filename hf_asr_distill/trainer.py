@@ -332,7 +332,8 @@ class DistillationTrainer(Seq2SeqTrainer):
         else:
             token_scale = 1 / (count.clamp(min=1) * ga_steps)
         weights = {"ce": self.args.alpha_ce, "kd": self.args.alpha_kd, "hidden": self.args.alpha_hidden}
-        loss = sum(weights[name] * value * token_scale for name, value in token_terms.items())
+        loss = outputs.logits.new_zeros((), dtype=torch.float32)
+        loss = loss + sum(weights[name] * value * token_scale for name, value in token_terms.items())
         loss = loss + sum(weights[name] * value / ga_steps for name, value in mean_terms.items())
         if not torch.isfinite(loss):
             raise FloatingPointError(
