@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-from .student import model_family
+from .data import collator_for
+from .student import frame_mask, model_family
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +68,8 @@ def student_buckets(student_logits: torch.Tensor, indices: torch.Tensor, tempera
 def _valid_positions(teacher: PreTrainedModel, batch: dict, frames: int) -> torch.Tensor:
     if model_family(teacher) == "whisper":
         return batch["labels"].ne(-100)
-    mask = batch.get("attention_mask")
-    if mask is None:
-        return torch.ones(batch["input_values"].shape[0], frames, dtype=torch.bool)
-    lengths = teacher._get_feat_extract_output_lengths(mask.sum(-1))
-    return torch.arange(frames)[None, :] < lengths[:, None]
+    mask = frame_mask(teacher, batch.get("attention_mask"), frames)
+    return mask if mask is not None else torch.ones(batch["input_values"].shape[0], frames, dtype=torch.bool)
 
 
 @torch.no_grad()
@@ -124,8 +122,8 @@ def cache_teacher(
     """
     from tqdm.auto import tqdm
 
-    from .data import collator_for
-
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
     if k < 1 or k > teacher.config.vocab_size:
         raise ValueError(f"k must be between 1 and the vocabulary size {teacher.config.vocab_size}, got {k}.")
     if encoder_outputs and model_family(teacher) != "whisper":

@@ -106,6 +106,11 @@ def _limit(ds: Any, n: int | None) -> Any:
     return ds.select(range(min(n, len(ds)))) if n else ds
 
 
+@dataclass
+class OutputArguments:
+    output_dir: str = field(metadata={"help": "Where the student is written."})
+
+
 def cmd_create_student(argv: list[str]) -> None:
     """Shrink a teacher into a student and save it (with the processor and the layer map)."""
     from .student import load_model, make_student
@@ -117,11 +122,6 @@ def cmd_create_student(argv: list[str]) -> None:
     student.save_pretrained(out.output_dir)
     AutoProcessor.from_pretrained(teacher_args.processor or teacher_args.teacher).save_pretrained(out.output_dir)
     print(f"student saved to {out.output_dir}; layers copied from the teacher: {json.dumps(layer_map)}")
-
-
-@dataclass
-class OutputArguments:
-    output_dir: str = field(metadata={"help": "Where the student is written."})
 
 
 def cmd_distill(argv: list[str]) -> None:

@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from transformers import EvalPrediction, PreTrainedModel
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
 
-from .student import model_family
+from .data import collator_for
+from .student import frame_mask, model_family
 
 logger = logging.getLogger(__name__)
 
@@ -193,17 +194,10 @@ def transcribe_batch(model: PreTrainedModel, processor: Any, batch: dict, genera
     if "attention_mask" in batch:
         inputs["attention_mask"] = batch["attention_mask"].to(model.device)
     ids = model(**inputs).logits.argmax(-1).cpu()
-    return tokenizer.batch_decode(mask_padded_frames(model, ids, batch.get("attention_mask"), tokenizer.pad_token_id))
-
-
-def mask_padded_frames(model: PreTrainedModel, values: torch.Tensor, attention_mask: torch.Tensor | None,
-                       fill: Any) -> torch.Tensor:
-    """Set CTC outputs of padded frames (never trained, often garbage) to `fill`, e.g. the blank token id."""
-    if attention_mask is None:
-        return values
-    lengths = model._get_feat_extract_output_lengths(attention_mask.sum(-1)).to(values.device)
-    padded = torch.arange(values.shape[1], device=values.device)[None, :] >= lengths[:, None]
-    return values.masked_fill(padded.view(*padded.shape, *([1] * (values.dim() - 2))), fill)
+    valid = frame_mask(model, batch.get("attention_mask"), ids.shape[1])
+    if valid is not None:  # padded frames were never trained: decode them as blanks
+        ids = ids.masked_fill(~valid.cpu(), tokenizer.pad_token_id)
+    return tokenizer.batch_decode(ids)
 
 
 @dataclass
@@ -223,8 +217,6 @@ class ModelResult:
 
 
 def _batches(model: PreTrainedModel, processor: Any, dataset: Any, batch_size: int) -> tuple[list[dict], list[str], float]:
-    from .data import collator_for
-
     collate = collator_for(processor, model)
     rows = [dataset[i] for i in range(len(dataset))]  # features once: extraction is not part of the timed work
     batches = []

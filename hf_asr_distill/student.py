@@ -43,6 +43,17 @@ def hidden_size(config: PretrainedConfig) -> int:
     return config.d_model if config.model_type == "whisper" else config.hidden_size
 
 
+def frame_mask(model: PreTrainedModel, attention_mask: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+    """Which of a CTC model's `frames` output frames hold audio rather than padding (None: all of them).
+
+    Padded frames are never trained, so losses must skip them and decoding must not read them.
+    """
+    if attention_mask is None:
+        return None
+    lengths = model._get_feat_extract_output_lengths(attention_mask.sum(-1)).to(attention_mask.device)
+    return torch.arange(frames, device=attention_mask.device)[None, :] < lengths[:, None]
+
+
 def load_model(name_or_path: str, dtype: torch.dtype | None = None, **kwargs: Any) -> PreTrainedModel:
     """Load a Whisper or CTC model from the Hub or a local path with the right Auto class.
 

@@ -19,12 +19,11 @@ from transformers.models.whisper.modeling_whisper import shift_tokens_right
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import DistillationConfig
-from .evaluation import mask_padded_frames
 from .model_card import RECIPE_FIELDS, build_model_card, push_student, results_from_report
 from .cache import CachedBatch, TeacherCache, bucket_logprobs, student_buckets
 from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS, align_time, masked_mean, masked_sum
 from .projection import build_projections, projection_key
-from .student import hidden_size, layer_counts, load_model, model_family
+from .student import frame_mask, hidden_size, layer_counts, load_model, model_family
 
 logger = logging.getLogger(__name__)
 
@@ -168,12 +167,12 @@ class DistillationTrainer(Seq2SeqTrainer):
         if self.args.predict_with_generate and not self.args.prediction_loss_only:
             inputs = {k: v for k, v in inputs.items() if k != "example_id"}
         loss, logits, labels = super().prediction_step(model, inputs, *args, **kwargs)
-        if self.family == "ctc" and logits is not None and inputs.get("attention_mask") is not None:
-            blank = torch.full_like(logits, torch.finfo(logits.dtype).min)
-            blank[..., self.accelerator.unwrap_model(model).config.pad_token_id] = 0
-            padded = mask_padded_frames(self.accelerator.unwrap_model(model), torch.zeros(logits.shape[:2]),
-                                        inputs["attention_mask"], 1.0).bool().to(logits.device)
-            logits = torch.where(padded[..., None], blank, logits)
+        if self.family == "ctc" and logits is not None:
+            valid = frame_mask(self.accelerator.unwrap_model(model), inputs.get("attention_mask"), logits.shape[1])
+            if valid is not None:  # padded frames decode as blanks
+                blank = torch.full_like(logits, torch.finfo(logits.dtype).min)
+                blank[..., self.accelerator.unwrap_model(model).config.pad_token_id] = 0
+                logits = torch.where(valid[..., None], logits, blank)
         return loss, logits, labels
 
     def _can_share_encoder(self) -> bool:
@@ -409,8 +408,9 @@ class DistillationTrainer(Seq2SeqTrainer):
             mean_terms["ce"] = outputs.loss
         if self._teacher_terms(model):
             frames = outputs.logits.shape[1]
-            mask = self._frame_mask(model, inputs.get("attention_mask"), frames)
-            positions = mask if mask is not None else torch.ones(outputs.logits.shape[:2], dtype=torch.bool)
+            mask = frame_mask(self.accelerator.unwrap_model(model), inputs.get("attention_mask"), frames)
+            positions = mask if mask is not None else torch.ones(outputs.logits.shape[:2], dtype=torch.bool,
+                                                                 device=outputs.logits.device)
             cached = self._cached(example_ids, positions)
             live = None
             if cached is None:
@@ -434,13 +434,6 @@ class DistillationTrainer(Seq2SeqTrainer):
             raise ValueError("A teacher cache needs `example_id` in every batch: prepare the dataset with "
                              "prepare_dataset and batch it with collator_for.")
         return self.cache.batch(example_ids.tolist(), positions, positions.device)
-
-    def _frame_mask(self, model: nn.Module, attention_mask: torch.Tensor | None, frames: int) -> torch.Tensor | None:
-        """Which student frames hold audio (not padding), from the sample-level attention mask."""
-        if attention_mask is None:
-            return None
-        lengths = self.accelerator.unwrap_model(model)._get_feat_extract_output_lengths(attention_mask.sum(-1))
-        return torch.arange(frames, device=attention_mask.device)[None, :] < lengths[:, None]
 
     def _hidden_loss(self, states: dict[str, tuple[Any, Any, torch.Tensor | None]]) -> torch.Tensor:
         """Mean over mapped layer pairs of the hidden loss between projected student and (time-aligned) teacher."""

@@ -103,3 +103,13 @@ def test_pseudo_label_cache_and_distill_from_the_cache(saved_teacher, capsys):
           "--max_steps", "2", "--alpha_hidden", "1", "--hidden_layer_map", '{"1": 2, "2": 4}', "--report_to",
           "none", "--save_strategy", "no", "--disable_tqdm", "true", "--per_device_train_batch_size", "4"])
     assert json.loads((root / "run" / "distillation.json").read_text())["steps"] == 2
+
+
+def test_evaluate_passes_anti_repetition_settings():
+    from hf_asr_distill.cli import EvalArguments, TeacherArguments
+
+    _, args = _parse((TeacherArguments, EvalArguments), ["--teacher", "t", "--student", "s", "--dataset", "d",
+                                                         "--no_repeat_ngram_size", "3"])
+    assert args.generate_kwargs() == {"no_repeat_ngram_size": 3}
+    _, plain = _parse((TeacherArguments, EvalArguments), ["--teacher", "t", "--student", "s", "--dataset", "d"])
+    assert plain.generate_kwargs() == {}

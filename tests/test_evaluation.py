@@ -7,7 +7,7 @@ import torch
 from transformers import EvalPrediction
 
 from conftest import ctc_processor, tiny_ctc, write_corpus
-from hf_asr_distill import make_student
+from hf_asr_distill import collator_for, make_student
 from hf_asr_distill.data import load_speech_dataset, prepare_dataset
 from hf_asr_distill.evaluation import (
     asr_scores, compare, count_parameters, evaluate_model, load_metric, max_new_tokens_for, size_on_disk,
@@ -100,14 +100,25 @@ def test_report_on_tiny_models(tmp_path):
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
 
-def test_ctc_decoding_ignores_padded_frames(tmp_path):
-    from hf_asr_distill.evaluation import mask_padded_frames
+def test_frame_mask_marks_only_audio_frames():
+    from hf_asr_distill.student import frame_mask
 
     model = tiny_ctc()
-    ids = torch.full((2, 62), 5)  # 62 frames for 1,000 samples
     mask = torch.zeros(2, 1000, dtype=torch.long)
     mask[0, :1000], mask[1, :400] = 1, 1
-    out = mask_padded_frames(model, ids, mask, 0)
+    valid = frame_mask(model, mask, 62)  # 62 frames for 1,000 samples
     frames = int(model._get_feat_extract_output_lengths(torch.tensor(400)))
-    assert out[0].tolist() == [5] * 62
-    assert out[1].tolist() == [5] * frames + [0] * (62 - frames)
+    assert valid[0].all() and valid[1].tolist() == [True] * frames + [False] * (62 - frames)
+    assert frame_mask(model, None, 62) is None
+
+
+def test_ctc_transcription_of_a_padded_row_equals_it_alone(tmp_path):
+    from hf_asr_distill.evaluation import transcribe_batch
+
+    processor, model = ctc_processor(tmp_path), tiny_ctc()
+    rng = np.random.default_rng(0)
+    short, long = rng.standard_normal(1600).astype(np.float32), rng.standard_normal(4000).astype(np.float32)
+    collate = collator_for(processor, model)
+    alone = transcribe_batch(model, processor, collate([{"input_values": short}]))
+    padded = transcribe_batch(model, processor, collate([{"input_values": long}, {"input_values": short}]))
+    assert padded[1] == alone[0]

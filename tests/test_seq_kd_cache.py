@@ -197,3 +197,11 @@ def test_training_from_the_cache_never_runs_the_teacher(tmp_path, whisper_setup)
     assert calls == {"teacher": 0, "student_encoder": 0}  # the encoder ran once per example, at caching time
     assert not torch.equal(before, student.model.decoder.layers[0].fc1.weight)
     assert [e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e]
+
+
+def test_cache_settings_are_checked(tmp_path, whisper_setup):
+    processor, teacher, ds = whisper_setup
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        cache_teacher(teacher, processor, ds, tmp_path / "c", temperature=0.0, progress=False)
+    with pytest.raises(ValueError, match="k must be between 1 and the vocabulary size"):
+        cache_teacher(teacher, processor, ds, tmp_path / "c", k=0, progress=False)
