@@ -96,8 +96,8 @@ class DistillationTrainer(Seq2SeqTrainer):
             self.teacher = None
         elif teacher_cache is None:
             self.teacher = self._prepare_teacher(teacher_model.to(teacher_dtype))
-        else:  # only checked against the cache, never run: it stays on the CPU
-            self.teacher = teacher_model.to(teacher_dtype).eval().requires_grad_(False)
+        else:  # only checked against the cache (made in its own dtype), never run: it stays on the CPU, uncast
+            self.teacher = teacher_model.eval().requires_grad_(False)
         self.share_encoder = self._can_share_encoder()
         self.layer_maps = self._resolve_layer_maps()
         self.cache = self._open_cache(teacher_cache)

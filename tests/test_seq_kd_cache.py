@@ -165,6 +165,20 @@ def test_stale_or_mismatched_cache_is_refused(tmp_path, whisper_setup):
         cache_teacher(other, processor, ds, tmp_path / "cache", k=4, progress=False)
 
 
+def test_cache_from_the_fp32_teacher_serves_a_bf16_teacher_run(tmp_path, whisper_setup):
+    # teacher_dtype says how a live teacher runs; with a cache the teacher never runs, so it is neither cast (which
+    # would change its fingerprint and refuse the cache) nor moved.
+    processor, teacher, ds = whisper_setup
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, progress=False)
+    student, _ = make_student(teacher, decoder_layers=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path, teacher_dtype="bf16"),
+                                  teacher_cache=cache, processing_class=processor, train_dataset=ds,
+                                  data_collator=collator_for(processor, student))
+    assert trainer.teacher.dtype == torch.float32
+    trainer.train()
+    assert [e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e]
+
+
 def test_interrupted_cache_resumes_after_its_last_shard(tmp_path, whisper_setup, monkeypatch):
     processor, teacher, ds = whisper_setup
     cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=2, progress=False)
