@@ -72,13 +72,14 @@ def demo_corpus(folder: str | Path, per_voice_train: int = 150, per_voice_test: 
     return make_corpus(folder, {"train": (DEMO_VOICES, per_voice_train), "test": (DEMO_VOICES, per_voice_test)})
 
 
-def train_demo_teacher(corpus: str | Path, output_dir: str | Path, max_steps: int = 1500, seed: int = 0) -> Path:
-    """Train the demo's CTC teacher from scratch on the synthetic corpus (how the shipped one was made)."""
+def train_demo_teacher(corpus: str | Path, output_dir: str | Path, max_steps: int = 1500, seed: int = 0,
+                       split: str = "train") -> Path:
+    """Train the demo's CTC teacher from scratch on a split of the synthetic corpus (how the shipped one was made)."""
     from .data import collator_for, load_speech_dataset, prepare_dataset
 
     processor = demo_processor()
     model = Wav2Vec2ForCTC(demo_teacher_config(len(processor.tokenizer)))
-    train, _ = prepare_dataset(load_speech_dataset(str(corpus), "train"), processor, model)
+    train, _ = prepare_dataset(load_speech_dataset(str(corpus), split), processor, model)
     args = TrainingArguments(output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=16,
                              learning_rate=1e-3, warmup_steps=200, weight_decay=0.01, logging_steps=50,
                              save_strategy="no", report_to="none", seed=seed, remove_unused_columns=False)

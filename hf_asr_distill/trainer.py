@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -50,6 +51,17 @@ def check_pair(teacher: PreTrainedModel, student: PreTrainedModel, args: Distill
     return t_family
 
 
+def check_backend(args: DistillationConfig, deepspeed: bool, fsdp: bool) -> None:
+    """Refuse what a sharding backend cannot run: hidden-state KD's projections live outside the student (they must
+    not be saved with it), and DeepSpeed and FSDP only optimise parameters of the model they wrap."""
+    backend = "DeepSpeed" if deepspeed else "FSDP" if fsdp else None
+    if backend and args.alpha_hidden > 0:
+        raise NotImplementedError(
+            f"Hidden-state KD (alpha_hidden > 0) is not available under {backend} yet: its projections live outside "
+            "the student. Use DDP (accelerate launch / torchrun without DeepSpeed or FSDP) for it, or alpha_hidden=0 "
+            f"(output-layer KD, pseudo-labels and teacher caches work under {backend}).")
+
+
 def _default_map(n_student: int, n_teacher: int, copied: dict[str, int] | None) -> dict[int, int]:
     """Hidden-state indices: each student layer to the teacher layer it was copied from, else spaced, last to last."""
     if copied is not None and len(copied) == n_student:
@@ -89,15 +101,18 @@ class DistillationTrainer(Seq2SeqTrainer):
             teacher_model = load_model(teacher_model, dtype=teacher_dtype)
         self.family = check_pair(teacher_model, model, args) if teacher_model is not None else model_family(model)
         super().__init__(model=model, args=args, **kwargs)
+        check_backend(args, deepspeed=self.is_deepspeed_enabled, fsdp=self.is_fsdp_enabled)
         # Whisper: let Trainer count label tokens over the accumulated batch (and across processes).
         self.model_accepts_loss_kwargs = self.family == "whisper"
         self._check_input_length()
+        # `teacher_runner` is what runs (a DeepSpeed engine under ZeRO-3), `teacher` the model inside it
         if teacher_model is None:  # sequence-level KD only: the targets are the teacher's transcripts
-            self.teacher = None
+            self.teacher_runner = None
         elif teacher_cache is None:
-            self.teacher = self._prepare_teacher(teacher_model.to(teacher_dtype))
+            self.teacher_runner = self._prepare_teacher(teacher_model.to(teacher_dtype))
         else:  # only checked against the cache (made in its own dtype), never run: it stays on the CPU, uncast
-            self.teacher = teacher_model.eval().requires_grad_(False)
+            self.teacher_runner = teacher_model.eval().requires_grad_(False)
+        self.teacher = self.accelerator.unwrap_model(self.teacher_runner) if self.teacher_runner is not None else None
         self.share_encoder = self._can_share_encoder()
         self.layer_maps = self._resolve_layer_maps()
         self.cache = self._open_cache(teacher_cache)
@@ -131,13 +146,41 @@ class DistillationTrainer(Seq2SeqTrainer):
         batches with a cache get the hard-label loss alone."""
         return self._needs_teacher and (self.cache is None or model.training)
 
-    def _prepare_teacher(self, teacher: PreTrainedModel) -> PreTrainedModel:
+    def _prepare_teacher(self, teacher: PreTrainedModel) -> nn.Module:
         teacher.eval()
         teacher.requires_grad_(False)
-        if self.is_deepspeed_enabled:
-            raise NotImplementedError("DeepSpeed is not supported yet by DistillationTrainer; use DDP or FSDP.")
-        # evaluation_mode places the teacher on the device without a DDP wrapper (no gradient sync).
-        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        if self.is_deepspeed_enabled and self._zero_stage() == 3:
+            return self._deepspeed_teacher(teacher)
+        # evaluation_mode: no DDP/FSDP wrapper, so no gradient sync. Placement is explicit because prepare_model
+        # skips it under FSDP: the teacher is a full frozen replica on each device (under DDP, FSDP and ZeRO-1/2,
+        # which shard optimizer state and gradients, and a frozen teacher has neither).
+        return self.accelerator.prepare_model(teacher, device_placement=True, evaluation_mode=True)
+
+    def _zero_stage(self) -> int:
+        return int(self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+                   .get("stage", 0))
+
+    def _deepspeed_teacher(self, teacher: PreTrainedModel) -> nn.Module:
+        """ZeRO-3: the teacher's weights are partitioned across processes like the student's, in an engine of its
+        own built from the run's DeepSpeed config without optimizer or scheduler; forward passes gather them."""
+        import deepspeed
+
+        config = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        config.pop("optimizer", None)
+        config.pop("scheduler", None)
+        zero, width = config["zero_optimization"], hidden_size(teacher.config)
+        # the sizes Trainer fills from the student's width only when training starts; here from the teacher's
+        for key, value in (("reduce_bucket_size", width * width), ("stage3_prefetch_bucket_size", int(0.9 * width**2)),
+                           ("stage3_param_persistence_threshold", 10 * width)):
+            if zero.get(key) == "auto":
+                zero[key] = value
+        unresolved = [k for k, v in {**config, **zero}.items() if v == "auto"]
+        if unresolved:
+            raise ValueError(f"DeepSpeed config values {unresolved} are still 'auto' for the teacher's engine: "
+                             "set them explicitly.")
+        engine, *_ = deepspeed.initialize(model=teacher, config=config)
+        engine.eval()  # DeepSpeedEngine.eval() returns None
+        return engine
 
     def _open_cache(self, cache: TeacherCache | str | None) -> TeacherCache | None:
         """Open the teacher cache and refuse one that does not fit this run (teacher, data, settings)."""
@@ -179,8 +222,10 @@ class DistillationTrainer(Seq2SeqTrainer):
         """Whisper: the student's encoder is frozen and equal to the teacher's, so the teacher can reuse its output."""
         if self.family != "whisper" or not self.args.share_frozen_encoder or self.teacher is None:
             return False
+        if self.is_deepspeed_enabled and self._zero_stage() == 3:
+            return False  # partitioned weights cannot be compared here
         s_enc = self.accelerator.unwrap_model(self.model).model.encoder
-        t_enc = self.accelerator.unwrap_model(self.teacher).model.encoder
+        t_enc = self.teacher.model.encoder
         if any(p.requires_grad for p in s_enc.parameters()):
             return False
         s_state, t_state = s_enc.state_dict(), t_enc.state_dict()
@@ -276,7 +321,7 @@ class DistillationTrainer(Seq2SeqTrainer):
 
     def distillation_record(self) -> dict[str, Any]:
         """How this student was made (recipe, teacher, layer maps, steps): saved beside it as distillation.json."""
-        teacher = self.accelerator.unwrap_model(self.teacher) if self.teacher is not None else None
+        teacher = self.teacher
         return {
             "teacher": (teacher.config._name_or_path or "teacher") if teacher is not None else "none (pseudo-labels)",
             "recipe": {k: getattr(self.args, k) for k in RECIPE_FIELDS},
@@ -397,7 +442,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         else:
             teacher_inputs["input_features"] = features.to(dtype)
         with torch.no_grad():
-            return self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
+            return self.teacher_runner(**teacher_inputs, output_hidden_states=want_hidden)
 
     def _ctc_terms(self, model: nn.Module, inputs: dict[str, Any], example_ids: torch.Tensor | None):
         args = self.args
@@ -417,7 +462,7 @@ class DistillationTrainer(Seq2SeqTrainer):
                 teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
                 teacher_inputs["input_values"] = teacher_inputs["input_values"].to(self.teacher.dtype)
                 with torch.no_grad():
-                    live = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
+                    live = self.teacher_runner(**teacher_inputs, output_hidden_states=want_hidden)
             if args.alpha_kd > 0:
                 per_frame = self._kd_per_position(outputs.logits, live.logits if live else None, cached)
                 mean_terms["kd"] = masked_mean(per_frame, mask)

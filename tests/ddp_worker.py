@@ -1,6 +1,9 @@
-"""Trains a tiny Whisper student for a few steps; run alone or under torchrun. Writes a JSON summary."""
+"""Trains a tiny Whisper student for a few steps; run alone or under torchrun, with DeepSpeed ZeRO when DS_STAGE is
+set (FSDP with FSDP=1, on GPUs). Writes a JSON summary."""
 
+import contextlib
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -12,6 +15,9 @@ import torch  # noqa: E402
 from conftest import tiny_whisper, whisper_features, whisper_rows  # noqa: E402
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student  # noqa: E402
 
+if os.environ.get("DS_STAGE"):
+    import deepspeed  # noqa: E402
+
 
 def digest(module):
     h = hashlib.sha256()
@@ -20,15 +26,32 @@ def digest(module):
     return h.hexdigest()
 
 
+def deepspeed_config(stage: int) -> dict:
+    # The test machine has no compiler setup to spare: skip the shared-memory collective DeepSpeed JIT-compiles for
+    # CPU processes (about a minute of g++); plain gloo collectives do the same job.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    zero = {"stage": stage, "reduce_bucket_size": "auto"}
+    if stage == 3:
+        zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto")
+    return {"zero_optimization": zero, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+
+
 def main(out_dir, per_device_batch):
     torch.manual_seed(0)
+    stage = int(os.environ.get("DS_STAGE", 0))
+    use_cpu = os.environ.get("USE_CPU", "1") == "1"  # USE_CPU=0 (with FSDP=1 or DS_STAGE): the GPU check
     teacher = tiny_whisper()
     student, _ = make_student(teacher, decoder_layers=2, d_model=16, encoder_attention_heads=2,
                               decoder_attention_heads=2, encoder_layers=2)
     args = DistillationConfig(
         output_dir=out_dir, per_device_train_batch_size=per_device_batch, max_steps=3, learning_rate=1e-2,
-        optim="sgd", logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, seed=0, data_seed=0,
-        disable_tqdm=True, alpha_hidden=1.0, ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
+        optim="sgd", logging_steps=1, report_to="none", save_strategy="no", seed=0, data_seed=0,
+        use_cpu=use_cpu,
+        fsdp="full_shard" if os.environ.get("FSDP") else "",
+        disable_tqdm=True, alpha_hidden=float(os.environ.get("ALPHA_HIDDEN", 1.0)),
+        ddp_backend="gloo" if "WORLD_SIZE" in os.environ and use_cpu else None,
+        deepspeed=deepspeed_config(stage) if stage else None,
     )
     # Equal label lengths: per-process means of the hidden term then equal the global mean, so runs match closely.
     rows = [{**r, "labels": (list(r["labels"]) * 3)[:8]} for r in whisper_rows(24)]
@@ -36,16 +59,25 @@ def main(out_dir, per_device_batch):
                                   data_collator=collator_for(whisper_features(), student))
     trainer.train()
     rank = int(os.environ.get("RANK", 0))
+    params = list(trainer.model.parameters())
+    gathered = deepspeed.zero.GatheredParameters(params) if stage == 3 else contextlib.nullcontext()
+    with gathered:  # ZeRO-3 partitions the student: gather it to read it
+        student = {k: getattr(v, "full_tensor", lambda: v)().tolist()  # FSDP2 holds DTensors
+                   for k, v in trainer.model.state_dict().items() if "decoder.layers.1.fc2" in k}
     summary = {
         "world": trainer.args.world_size,
-        "teacher_wrapped": type(trainer.teacher).__name__,
+        "teacher_wrapped": type(trainer.teacher_runner).__name__,
+        "teacher_partitioned": sum(p.numel() == 0 for p in trainer.teacher.parameters()),
+        "shared_encoder": trainer.share_encoder,
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
         "kd": [e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e],
-        "student": {k: v.tolist() for k, v in trainer.model.state_dict().items() if "decoder.layers.1.fc2" in k},
+        "student": student,
         "projections": digest(trainer.projections),
     }
     with open(os.path.join(out_dir, f"summary_rank{rank}.json"), "w") as f:
         json.dump(summary, f)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # an undestroyed group can abort the interpreter at exit
 
 
 if __name__ == "__main__":
