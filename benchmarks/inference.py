@@ -1,6 +1,6 @@
 """Student speed: teacher vs students of several sizes, latency and RTFx at batch 1 and 8, params and size.
 
-    python benchmarks/inference.py --teacher openai/whisper-tiny.en [--device cuda]
+    python benchmarks/inference.py --teacher openai/whisper-tiny.en [--device cuda] [--dtype bf16]
 
 Whisper models all generate the same number of tokens (min = max = --tokens), so the timing compares the models,
 not how much an untrained student happens to write. The CTC rows use the Wav2Vec2-base shape (12 x 768, random
@@ -15,6 +15,8 @@ from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCT
 from common import base_parser, corpus, machine, table, teacher_and_data, timed
 from hf_asr_distill import collator_for, make_student
 from hf_asr_distill.evaluation import count_parameters, size_on_disk
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def whisper_models(teacher):
@@ -33,18 +35,19 @@ def ctc_models():
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=24, help="tokens each Whisper model generates")
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype every model runs in")
     cli = parser.parse_args()
-    device = torch.device(cli.device)
+    device, dtype = torch.device(cli.device), DTYPES[cli.dtype]
     teacher, processor, data = teacher_and_data(cli.teacher, corpus(cli.corpus), "train")
     rows = [data[i] for i in range(8)]
     seconds = {1: rows[0]["audio_seconds"], 8: sum(r["audio_seconds"] for r in rows)}
     out_rows = []
     for name, model in whisper_models(teacher):
-        model = model.to(device).eval()
+        model = model.to(device, dtype).eval()
         collate = collator_for(processor, model)
         timings = {}
         for bs in (1, 8):
-            feats = collate(rows[:bs])["input_features"].to(device)
+            feats = collate(rows[:bs])["input_features"].to(device, dtype)
 
             def run():
                 with torch.inference_mode():
@@ -55,14 +58,14 @@ def main() -> None:
     extractor = Wav2Vec2FeatureExtractor(return_attention_mask=True)
     audio = [{"input_values": extractor(_audio(r), sampling_rate=16000)["input_values"][0]} for r in rows]
     for name, model in ctc_models():
-        model = model.to(device).eval()
+        model = model.to(device, dtype).eval()
         timings = {}
         for bs in (1, 8):
             batch = extractor.pad(audio[:bs], return_tensors="pt", return_attention_mask=True)
 
             def run():
                 with torch.inference_mode():
-                    model(batch["input_values"].to(device), attention_mask=batch["attention_mask"].to(device))
+                    model(batch["input_values"].to(device, dtype), attention_mask=batch["attention_mask"].to(device))
 
             timings[bs] = timed(run, cli.repeats, cli.warmup, cli.device)
         out_rows.append(_row(name, model, timings, seconds))
@@ -81,7 +84,7 @@ def _row(name, model, timings, seconds):
 
 
 def _print(rows, cli):
-    print(f"\n{machine()}; Whisper: {cli.tokens} generated tokens per utterance, 30 s windows\n")
+    print(f"\n{machine()}; {cli.dtype}; Whisper: {cli.tokens} generated tokens per utterance, 30 s windows\n")
     groups = [rows[:4], rows[4:]]
     for group in groups:
         base1, base8 = group[0][3], group[0][5]
