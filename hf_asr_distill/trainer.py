@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel, Seq2SeqTrainer
+from transformers import PreTrainedModel, Seq2SeqTrainer, TrainerCallback, get_scheduler
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROJECTIONS_FILE = "projections.safetensors"
+PROJECTION_OPTIMIZER_FILE = "projections_optimizer.pt"
 RECORD_FILE = "distillation.json"
 
 
@@ -52,14 +53,27 @@ def check_pair(teacher: PreTrainedModel, student: PreTrainedModel, args: Distill
 
 
 def check_backend(args: DistillationConfig, deepspeed: bool, fsdp: bool) -> None:
-    """Refuse what a sharding backend cannot run: hidden-state KD's projections live outside the student (they must
-    not be saved with it), and DeepSpeed and FSDP only optimise parameters of the model they wrap."""
-    backend = "DeepSpeed" if deepspeed else "FSDP" if fsdp else None
-    if backend and args.alpha_hidden > 0:
+    """Refuse the combinations not verified yet: hidden-state KD under FSDP (accelerate runs FSDP on GPUs only, and
+    this path has not been run there), and under DeepSpeed with fp16 (DeepSpeed's own loss scale would reach the
+    projections' gradients unseen)."""
+    where = "FSDP" if fsdp else "DeepSpeed with fp16" if deepspeed and args.fp16 else None
+    if where and args.alpha_hidden > 0:
         raise NotImplementedError(
-            f"Hidden-state KD (alpha_hidden > 0) is not available under {backend} yet: its projections live outside "
-            "the student. Use DDP (accelerate launch / torchrun without DeepSpeed or FSDP) for it, or alpha_hidden=0 "
-            f"(output-layer KD, pseudo-labels and teacher caches work under {backend}).")
+            f"Hidden-state KD (alpha_hidden > 0) is not available under {where} yet. Use DDP or DeepSpeed (bf16 or "
+            f"fp32) for it, or alpha_hidden=0 (output-layer KD, pseudo-labels and teacher caches work under {where}).")
+
+
+class _ProjectionSteps(TrainerCallback):
+    """Steps the projections' optimizer with Trainer's: every backend calls these two events around its step."""
+
+    def __init__(self, trainer: "DistillationTrainer") -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._prepare_projection_grads()
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._step_projections()
 
 
 def _default_map(n_student: int, n_teacher: int, copied: dict[str, int] | None) -> dict[int, int]:
@@ -118,6 +132,9 @@ class DistillationTrainer(Seq2SeqTrainer):
         self.cache = self._open_cache(teacher_cache)
         dims = {stack: (hidden_size(self.model.config), hidden_size(self.teacher.config)) for stack in self.layer_maps}
         self.projections = build_projections(self.layer_maps, dims, args.projection).to(args.device)
+        self.projection_optimizer: torch.optim.Optimizer | None = None
+        self.projection_scheduler: Any = None
+        self.add_callback(_ProjectionSteps(self))
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         logger.info("Distillation: family=%s shared encoder=%s layer maps=%s", self.family, self.share_encoder,
                     self.layer_maps)
@@ -279,32 +296,48 @@ class DistillationTrainer(Seq2SeqTrainer):
             raise ValueError("alpha_hidden > 0 but no layer pair is left to match; give a layer map.")
         return maps
 
-    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer plus the projections in their own parameter group (own learning rate, no decay).
+    # ---- the projections' optimizer --------------------------------------------------------------------------
+    # Projections live outside the student (they must not be saved with it), so DDP, DeepSpeed and FSDP, which only
+    # handle the model they wrap, never see them: they get an optimizer and schedule of their own (Trainer's
+    # optimizer class and schedule, their own learning rate, no weight decay), stepped by `_ProjectionSteps` right
+    # after Trainer's optimizer, with gradients averaged across processes and clipped first.
 
-        Projections live outside the student, so neither DDP nor Trainer's clipping and `model.zero_grad()` see
-        them: optimizer hooks average their gradients across processes and clip them before each step, and
-        clear them after it.
-        """
-        user_optimizer = self.optimizer is not None
-        optimizer = super().create_optimizer(model)
+    def _projection_optimizer(self) -> torch.optim.Optimizer | None:
         params = list(self.projections.parameters())
-        if params and not user_optimizer:
-            lr = self.args.projection_learning_rate or self.args.learning_rate
-            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0, "is_projection": True})
-            optimizer.register_step_pre_hook(lambda *_: self._prepare_projection_grads())
-            optimizer.register_step_post_hook(lambda *_: self.projections.zero_grad(set_to_none=True))
-        return optimizer
+        if params and self.projection_optimizer is None:
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            kwargs = {**kwargs, "lr": self.args.projection_learning_rate or self.args.learning_rate}
+            self.projection_optimizer = cls([{"params": params, "weight_decay": 0.0}], **kwargs)
+            steps = self.state.max_steps
+            self.projection_scheduler = get_scheduler(
+                self.args.lr_scheduler_type, self.projection_optimizer, self.args.get_warmup_steps(steps), steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+        return self.projection_optimizer
 
     def _prepare_projection_grads(self) -> None:
         grads = [p.grad for p in self.projections.parameters() if p.grad is not None]
+        if not grads:
+            return
         world = self.accelerator.num_processes
         if world > 1:
             for grad in grads:
                 torch.distributed.all_reduce(grad)
                 grad /= world
-        if grads and self.args.max_grad_norm and self.args.max_grad_norm > 0:
+        scaler = self.accelerator.scaler  # fp16: the loss was scaled before backward, for these gradients too
+        if scaler is not None and scaler.is_enabled():
+            for grad in grads:
+                grad /= scaler.get_scale()
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(list(self.projections.parameters()), self.args.max_grad_norm)
+
+    def _step_projections(self) -> None:
+        optimizer = self._projection_optimizer()
+        if optimizer is None:
+            return
+        if not self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: the student skipped this step too
+            optimizer.step()
+            self.projection_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
     # ---- saving and resuming ---------------------------------------------------------------------------------
 
@@ -331,12 +364,26 @@ class DistillationTrainer(Seq2SeqTrainer):
         }
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Trainer's checkpoint plus the projections (`projections.safetensors`)."""
+        """Trainer's checkpoint plus the projections (`projections.safetensors`) and their optimizer and schedule
+        (`projections_optimizer.pt`)."""
         super()._save_checkpoint(model, trial)
         if len(self.projections) and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             state = {k: v.detach().contiguous().cpu() for k, v in self.projections.state_dict().items()}
             save_file(state, os.path.join(folder, PROJECTIONS_FILE))
+            if self._projection_optimizer() is not None:
+                torch.save({"optimizer": self.projection_optimizer.state_dict(),
+                            "scheduler": self.projection_scheduler.state_dict()},
+                           os.path.join(folder, PROJECTION_OPTIMIZER_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Trainer's optimizer and schedule, then the projections' own."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, PROJECTION_OPTIMIZER_FILE) if checkpoint else None
+        if path and self._projection_optimizer() is not None and os.path.isfile(path):
+            state = torch.load(path, map_location=self.args.device, weights_only=True)
+            self.projection_optimizer.load_state_dict(state["optimizer"])
+            self.projection_scheduler.load_state_dict(state["scheduler"])
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Trainer's resume plus the projections saved beside the checkpoint."""
@@ -488,8 +535,9 @@ class DistillationTrainer(Seq2SeqTrainer):
             student_states, teacher_states, mask = states[stack]
             for s, t in layer_map.items():
                 key = projection_key(stack, s, t)
-                projected = self.projections[key](student_states[s])
-                target = align_time(teacher_states[t], projected.shape[1])
+                # fp32 like the projections: under DeepSpeed bf16 the states are bf16 and nothing autocasts them
+                projected = self.projections[key](student_states[s].float())
+                target = align_time(teacher_states[t], projected.shape[1]).float()
                 losses[key] = masked_mean(loss_fn(projected, target), mask)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("hidden losses: %s", {k: round(v.item(), 5) for k, v in losses.items()})

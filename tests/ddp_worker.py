@@ -73,6 +73,7 @@ def main(out_dir, per_device_batch):
         "kd": [e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e],
         "student": student,
         "projections": digest(trainer.projections),
+        "projection_values": {k: v.flatten()[:64].tolist() for k, v in trainer.projections.state_dict().items()},
     }
     with open(os.path.join(out_dir, f"summary_rank{rank}.json"), "w") as f:
         json.dump(summary, f)

@@ -58,8 +58,10 @@ def test_projections_and_student_learn_and_loss_hidden_is_logged(tmp_path, famil
     assert len(logged(trainer, "loss_hidden")) == 3
     assert "hidden losses" in caplog.text  # per-layer values at debug level
     assert not any("_to_" in name for name in student.state_dict())  # projections are not part of the student
-    groups = [g for g in trainer.optimizer.param_groups if g.get("is_projection")]
-    assert len(groups) == 1 and len(groups[0]["params"]) == len(list(trainer.projections.parameters()))
+    # the projections have an optimizer of their own (DDP, DeepSpeed and FSDP only handle the student's)
+    ids = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
+    assert ids(trainer.projection_optimizer) == {id(p) for p in trainer.projections.parameters()}
+    assert ids(trainer.optimizer).isdisjoint(ids(trainer.projection_optimizer))
 
 
 def test_projection_none_needs_equal_sizes(tmp_path):
@@ -81,14 +83,15 @@ def test_layer_map_naming_a_missing_layer_is_refused(tmp_path):
         make_trainer(tmp_path, teacher, student, ctc_rows(), alpha_hidden=1.0, decoder_layer_map='{"1": 1}')
 
 
-def test_projection_learning_rate_has_its_own_group(tmp_path):
+def test_projection_learning_rate_is_their_optimizers(tmp_path):
     teacher = tiny_ctc()
     student, _ = make_student(teacher, num_hidden_layers=2, hidden_size=16)
     trainer = make_trainer(tmp_path, teacher, student, ctc_rows(), alpha_hidden=1.0, projection="mlp",
                            projection_learning_rate=0.05, lr_scheduler_type="constant")
     trainer.train()
-    lrs = {bool(g.get("is_projection")): g["lr"] for g in trainer.optimizer.param_groups}
-    assert lrs == {True: 0.05, False: 1e-3}
+    assert [g["lr"] for g in trainer.projection_optimizer.param_groups] == [0.05]
+    assert {g["lr"] for g in trainer.optimizer.param_groups} == {1e-3}
+    assert [g["weight_decay"] for g in trainer.projection_optimizer.param_groups] == [0.0]
 
 
 def _run(tmp_path, name, teacher_seed=0, **kw):
@@ -114,6 +117,12 @@ def test_resume_restores_projections_and_optimizer_bit_identically(tmp_path):
     for index, state in opt_full["state"].items():
         for name, tensor in state.items():
             assert torch.equal(tensor, opt_res["state"][index][name]), (index, name)
+    proj_full = torch.load(tmp_path / "full/out/checkpoint-4/projections_optimizer.pt", weights_only=True)
+    proj_res = torch.load(tmp_path / "resumed/out/checkpoint-4/projections_optimizer.pt", weights_only=True)
+    assert proj_full["scheduler"] == proj_res["scheduler"] and proj_full["optimizer"]["state"]
+    for index, state in proj_full["optimizer"]["state"].items():
+        for name, tensor in state.items():
+            assert torch.equal(tensor, proj_res["optimizer"]["state"][index][name]), (index, name)
     tail = lambda t: [e["loss"] for e in t.state.log_history if "loss" in e][-2:]  # noqa: E731
     assert tail(full) == pytest.approx(tail(resumed), abs=1e-5)
 
