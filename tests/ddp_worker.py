@@ -33,7 +33,8 @@ def deepspeed_config(stage: int) -> dict:
     zero = {"stage": stage, "reduce_bucket_size": "auto"}
     if stage == 3:
         zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto")
-    return {"zero_optimization": zero, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+    return {"zero_optimization": zero, "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto",
+            "train_batch_size": "auto",
             "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
 
 
@@ -47,7 +48,7 @@ def main(out_dir, per_device_batch):
     args = DistillationConfig(
         output_dir=out_dir, per_device_train_batch_size=per_device_batch, max_steps=3, learning_rate=1e-2,
         optim="sgd", logging_steps=1, report_to="none", save_strategy="no", seed=0, data_seed=0,
-        use_cpu=use_cpu,
+        use_cpu=use_cpu, bf16=os.environ.get("BF16") == "1",
         fsdp="full_shard" if os.environ.get("FSDP") else "",
         disable_tqdm=True, alpha_hidden=float(os.environ.get("ALPHA_HIDDEN", 1.0)),
         ddp_backend="gloo" if "WORLD_SIZE" in os.environ and use_cpu else None,
