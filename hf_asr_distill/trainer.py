@@ -75,6 +75,9 @@ class _ProjectionSteps(TrainerCallback):
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.trainer._step_projections()
 
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.projection_scheduler = None  # a later train() gets a schedule of its own length
+
 
 def _default_map(n_student: int, n_teacher: int, copied: dict[str, int] | None) -> dict[int, int]:
     """Hidden-state indices: each student layer to the teacher layer it was copied from, else spaced, last to last."""
@@ -303,11 +306,15 @@ class DistillationTrainer(Seq2SeqTrainer):
     # after Trainer's optimizer, with gradients averaged across processes and clipped first.
 
     def _projection_optimizer(self) -> torch.optim.Optimizer | None:
-        params = list(self.projections.parameters())
-        if params and self.projection_optimizer is None:
+        """Made on first use, when the run's length is known; None when there is nothing to train."""
+        if self.projection_optimizer is None:
+            params = list(self.projections.parameters())
+            if not params:
+                return None
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
             kwargs = {**kwargs, "lr": self.args.projection_learning_rate or self.args.learning_rate}
             self.projection_optimizer = cls([{"params": params, "weight_decay": 0.0}], **kwargs)
+        if self.projection_scheduler is None:  # like Trainer's, remade for each train() call
             steps = self.state.max_steps
             self.projection_scheduler = get_scheduler(
                 self.args.lr_scheduler_type, self.projection_optimizer, self.args.get_warmup_steps(steps), steps,
@@ -354,9 +361,9 @@ class DistillationTrainer(Seq2SeqTrainer):
 
     def distillation_record(self) -> dict[str, Any]:
         """How this student was made (recipe, teacher, layer maps, steps): saved beside it as distillation.json."""
-        teacher = self.teacher
         return {
-            "teacher": (teacher.config._name_or_path or "teacher") if teacher is not None else "none (pseudo-labels)",
+            "teacher": (self.teacher.config._name_or_path or "teacher") if self.teacher is not None
+            else "none (pseudo-labels)",
             "recipe": {k: getattr(self.args, k) for k in RECIPE_FIELDS},
             "layer_maps": {stack: {str(s): t for s, t in m.items()} for stack, m in self.layer_maps.items()},
             "shared_encoder": self.share_encoder,

@@ -94,6 +94,19 @@ def test_projection_learning_rate_is_their_optimizers(tmp_path):
     assert [g["weight_decay"] for g in trainer.projection_optimizer.param_groups] == [0.0]
 
 
+def test_a_second_train_call_gives_the_projections_a_fresh_schedule(tmp_path):
+    # Trainer remakes its schedule for each train(); the projections' must follow, or a linear schedule spent by the
+    # first call would leave them at learning rate 0 in the second while the student trains.
+    teacher = tiny_ctc()
+    student, _ = make_student(teacher, num_hidden_layers=2, hidden_size=16)
+    trainer = make_trainer(tmp_path, teacher, student, ctc_rows(), alpha_hidden=1.0, lr_scheduler_type="linear")
+    trainer.train()
+    assert trainer.projection_optimizer.param_groups[0]["lr"] == 0.0  # the first schedule ran to its end
+    before = clone_state(trainer.projections)
+    trainer.train()
+    assert len(changed(before, trainer.projections)) == len(before)
+
+
 def _run(tmp_path, name, teacher_seed=0, **kw):
     teacher = tiny_ctc(seed=teacher_seed)
     student, _ = make_student(teacher, num_hidden_layers=2, hidden_size=16)
