@@ -45,7 +45,8 @@ METHODS = {"hard labels": dict(alpha_ce=1.0, alpha_kd=0.0, alpha_hidden=0.0),
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=list(SHAPES), default="whisper")
+    parser.add_argument("--family", choices=list(SHAPES), default="whisper",
+                        help="whisper: the --teacher checkpoint; ctc: a small Wav2Vec2 teacher (see --ctc_teacher)")
     parser.add_argument("--steps", type=int, help="default: 60 (whisper), 300 (ctc)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--batch", type=int, help="default: 4 (whisper), 16 (ctc)")
@@ -54,7 +55,8 @@ def main() -> None:
                         help="CTC teacher folder, trained there first unless it already holds one. Default: the "
                              "teacher shipped with the package, which train_demo_teacher made with this recipe on "
                              "exactly this script's teacher_train split (same sentences, voices and seed)")
-    parser.add_argument("--ctc_teacher_steps", type=int, default=1500)
+    parser.add_argument("--ctc_teacher_steps", type=int, default=1500,
+                        help="training steps when --ctc_teacher has to be trained (the shipped one had 1500)")
     parser.add_argument("--workers", type=int, default=0, help="dataloader workers (feature extraction off the "
                                                                 "training loop; worth it on a GPU)")
     parser.add_argument("--train_voices", default="flite:slt,flite:rms,flite:kal")

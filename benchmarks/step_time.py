@@ -7,10 +7,10 @@ CPU drift; interleaving exposes all kinds to the same drift). Ratios printed (ta
   KD step / (plain student step + teacher forward alone)              target <= 1.05  (the rest is waste)
   KD step, frozen shared encoder / same student, encoder recomputed     target <= 0.6
   teacher forward bf16 / fp32
-  (--teacher_dtype sets the teacher of every KD step and of the "teacher forward" baseline of the first ratio)
   peak memory KD step / plain step
   step reading the top-k cache / plain student step                     target <= 1.10
   KD step with the encoder-output cache / frozen encoder recomputed     target <= 0.3
+--teacher_dtype sets the teacher of every KD step and of the "teacher forward" baseline of the first ratio.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from common import base_parser, corpus, interleaved, machine, table, teacher_and
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
 from hf_asr_distill.cache import cache_teacher
 from hf_asr_distill.evaluation import PeakMemory
+from hf_asr_distill.trainer import TEACHER_DTYPES
 
 
 def make_step(trainer: DistillationTrainer, batch: dict):
@@ -73,7 +74,7 @@ def run_probe(cli) -> None:
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--teacher_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--teacher_dtype", default="fp32", choices=list(TEACHER_DTYPES),
                         help="dtype of the teacher in the KD steps")
     parser.add_argument("--probe", choices=["plain", "kd"], help=argparse.SUPPRESS)
     cli = parser.parse_args()
@@ -102,14 +103,11 @@ def main() -> None:
     shared = trainer_for(frozen, teacher, tmp)
     assert shared.share_encoder
     unshared = trainer_for(frozen, teacher, tmp, share_frozen_encoder=False)
-    fp32_teacher = trainer_for(make_student(teacher, decoder_layers=2)[0], teacher, tmp, teacher_dtype="fp32").teacher
-    bf16_teacher = trainer_for(make_student(teacher, decoder_layers=2)[0], teacher, tmp,
-                               teacher_dtype="bf16").teacher
     teacher_inputs = {"input_features": batch["input_features"],
                       "decoder_input_ids": torch.where(batch["labels"] < 0, 0, batch["labels"])}
-
-    teachers = {"fp32": fp32_teacher, "bf16": bf16_teacher}
-    teachers.setdefault(cli.teacher_dtype, kd.teacher)
+    # the teacher alone, in fp32, bf16 and the KD steps' dtype
+    teachers = {name: copy.deepcopy(teacher).to(device, TEACHER_DTYPES[name]).eval()
+                for name in dict.fromkeys(("fp32", "bf16", cli.teacher_dtype))}
 
     def teacher_forward(model):
         with torch.no_grad():
