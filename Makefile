@@ -1,4 +1,6 @@
 # The two commands: `make demo` (the whole job, offline, on CPU) and `make test`. Both set up .venv first.
+# The demo installs only what it runs (requirements-ci.txt); the tests add pytest and DeepSpeed
+# (requirements-test.txt), whose multi-process tests run on CPU.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -9,13 +11,19 @@ $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
 install: $(VENV)/.installed
 
-test: install
+install-test: $(VENV)/.installed-test
+
+test: install-test
 	$(PY) -m pytest -q
 
 # pytest exits 5 when no test is marked slow: that is not a failure.
-test-slow: install
+test-slow: install-test
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
 # The demo synthesises its corpus with flite; install it when missing (Debian/Ubuntu).
@@ -24,4 +32,4 @@ demo: install
 		|| { echo "please install flite (apt-get install flite)"; exit 1; }
 	$(VENV)/bin/hf-asr-distill demo
 
-.PHONY: install test test-slow demo
+.PHONY: install install-test test test-slow demo

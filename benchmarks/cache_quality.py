@@ -15,7 +15,7 @@ from transformers import AutoProcessor
 from common import base_parser, machine, table
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
 from hf_asr_distill.cache import cache_size_bytes, cache_teacher
-from hf_asr_distill.corpus import make_corpus
+from hf_asr_distill.demo.corpus import make_corpus
 from hf_asr_distill.data import load_speech_dataset, prepare_dataset
 from hf_asr_distill.evaluation import evaluate_model
 from hf_asr_distill.student import load_model

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from transformers import AutoProcessor
 
-from hf_asr_distill.corpus import make_corpus
+from hf_asr_distill.demo.corpus import make_corpus
 from hf_asr_distill.data import load_speech_dataset, prepare_dataset
 from hf_asr_distill.student import load_model
 

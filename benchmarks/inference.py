@@ -15,7 +15,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCT
 from common import base_parser, corpus, machine, table, teacher_and_data, timed
 from hf_asr_distill import collator_for, make_student
 from hf_asr_distill.evaluation import count_parameters, size_on_disk
-from hf_asr_distill.trainer import TEACHER_DTYPES as DTYPES
+from hf_asr_distill.teacher import TEACHER_DTYPES as DTYPES
 
 
 def whisper_models(teacher):

@@ -25,7 +25,7 @@ from transformers import AutoProcessor
 
 from common import base_parser, machine, table
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
-from hf_asr_distill.corpus import make_corpus
+from hf_asr_distill.demo.corpus import make_corpus
 from hf_asr_distill.data import load_speech_dataset, prepare_dataset
 from hf_asr_distill.demo import DEMO_VOICES, shipped_teacher_path, train_demo_teacher
 from hf_asr_distill.evaluation import compare, evaluate_model

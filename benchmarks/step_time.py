@@ -27,7 +27,7 @@ from common import base_parser, corpus, interleaved, machine, table, teacher_and
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
 from hf_asr_distill.cache import cache_teacher
 from hf_asr_distill.evaluation import PeakMemory
-from hf_asr_distill.trainer import TEACHER_DTYPES
+from hf_asr_distill.teacher import TEACHER_DTYPES
 
 
 def make_step(trainer: DistillationTrainer, batch: dict):

@@ -12,7 +12,7 @@ import argparse
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
-from hf_asr_distill.corpus import make_corpus
+from hf_asr_distill.demo.corpus import make_corpus
 from hf_asr_distill.data import load_speech_dataset, prepare_dataset
 from hf_asr_distill.evaluation import transcribe_batch
 

@@ -2,6 +2,7 @@
 
 from .config import DistillationConfig
 from .data import CTCCollator, WhisperCollator, collator_for, load_speech_dataset, prepare_dataset
+from .families import family_of
 from .evaluation import asr_scores, evaluate_model, wer_metrics
 from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS
 from .student import load_model, make_student
@@ -19,6 +20,7 @@ __all__ = [
     "asr_scores",
     "collator_for",
     "evaluate_model",
+    "family_of",
     "load_speech_dataset",
     "prepare_dataset",
     "wer_metrics",

@@ -27,10 +27,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
-from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from .data import collator_for
-from .student import frame_mask, model_family
+from .families import Family, family_of
 
 logger = logging.getLogger(__name__)
 
@@ -65,40 +64,25 @@ def student_buckets(student_logits: torch.Tensor, indices: torch.Tensor, tempera
     return bucket_logprobs(log_q.gather(-1, indices.long()))
 
 
-def _valid_positions(teacher: PreTrainedModel, batch: dict, frames: int) -> torch.Tensor:
-    if model_family(teacher) == "whisper":
-        return batch["labels"].ne(-100)
-    mask = frame_mask(teacher, batch.get("attention_mask"), frames)
-    return mask if mask is not None else torch.ones(batch["input_values"].shape[0], frames, dtype=torch.bool)
-
-
 @torch.no_grad()
-def _teacher_outputs(teacher: PreTrainedModel, batch: dict, want_hidden: bool) -> Any:
-    device, dtype = teacher.device, teacher.dtype
-    if model_family(teacher) == "whisper":
-        cfg = teacher.config
-        dec = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
-        return teacher(input_features=batch["input_features"].to(device, dtype), decoder_input_ids=dec.to(device),
-                       output_hidden_states=want_hidden)
-    inputs = {"input_values": batch["input_values"].to(device, dtype)}
-    if "attention_mask" in batch:
-        inputs["attention_mask"] = batch["attention_mask"].to(device)
+def _teacher_outputs(family: Family, teacher: PreTrainedModel, batch: dict, want_hidden: bool) -> Any:
+    inputs = {k: v.to(teacher.device) for k, v in family.model_inputs(teacher, batch).items()}
+    inputs[family.feature_key] = inputs[family.feature_key].to(teacher.dtype)
     return teacher(**inputs, output_hidden_states=want_hidden)
 
 
-def _example_tensors(out: Any, row: int, valid: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
+def _example_tensors(family: Family, out: Any, row: int, valid: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
     logprobs = F.log_softmax(out.logits[row].float() / settings["temperature"], dim=-1)[valid[row]]
     values, indices = logprobs.topk(settings["k"], dim=-1)
     tensors = {"logprobs": values.half(), "indices": indices.int()}
-    whisper = settings["family"] == "whisper"
+    states, masks = family.hidden_states(out), family.hidden_masks(valid)
     for stack, layers in settings["layers"].items():
-        states = getattr(out, f"{stack}_hidden_states") if whisper else out.hidden_states
         for layer in layers:
-            state = states[layer][row]
-            # Whisper's encoder always sees 1,500 positions; other stacks keep their valid positions only.
-            tensors[f"hidden.{stack}.{layer}"] = (state if whisper and stack == "encoder" else state[valid[row]]).half()
+            state = states[stack][layer][row]
+            # stacks whose every position counts (Whisper's 30 s encoder window) are kept whole
+            tensors[f"hidden.{stack}.{layer}"] = (state if masks[stack] is None else state[valid[row]]).half()
     if settings["encoder_outputs"]:
-        tensors["encoder"] = out.encoder_last_hidden_state[row].half()
+        tensors["encoder"] = family.encoder_output(out)[row].half()
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
@@ -117,7 +101,7 @@ def cache_teacher(
     """Compute and store the teacher's outputs for every row of `dataset` (prepared by `prepare_dataset`).
 
     `hidden_layers` names the teacher hidden states to keep, e.g. `{"decoder": [4]}` for Whisper or
-    `{"ctc": [4, 8, 12]}` for CTC models; `encoder_outputs=True` keeps Whisper's final encoder output (for a
+    `{"encoder": [4, 8, 12]}` for CTC models; `encoder_outputs=True` keeps Whisper's final encoder output (for a
     frozen student encoder shared with the teacher). Re-running resumes an interrupted cache.
     """
     from tqdm.auto import tqdm
@@ -126,13 +110,21 @@ def cache_teacher(
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     if k < 1 or k > teacher.config.vocab_size:
         raise ValueError(f"k must be between 1 and the vocabulary size {teacher.config.vocab_size}, got {k}.")
-    if encoder_outputs and model_family(teacher) != "whisper":
-        raise ValueError("encoder_outputs=True is for Whisper teachers (a frozen encoder shared with the student).")
+    family = family_of(teacher)
+    if encoder_outputs and not family.separate_encoder:
+        raise ValueError(f"encoder_outputs=True is for teachers with a separate encoder that a frozen student "
+                         f"encoder can share (Whisper), not {family.title} models.")
+    unknown = sorted(set(hidden_layers or {}) - set(family.stacks))
+    if unknown:
+        raise ValueError(f"hidden_layers names stacks {unknown}; {family.title} models have {list(family.stacks)}.")
     settings = {"version": CACHE_VERSION, "k": k, "temperature": temperature, "layers": hidden_layers or {},
-                "encoder_outputs": encoder_outputs, "dtype": str(teacher.dtype), "family": model_family(teacher)}
+                "encoder_outputs": encoder_outputs, "dtype": str(teacher.dtype), "family": family.name}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"fingerprint": fingerprint(teacher, dataset, processor, settings), **settings, "vocab_size": teacher.config.vocab_size,
+    whole = sorted(stack for stack, mask in family.hidden_masks(torch.ones(1, 1, dtype=torch.bool)).items()
+                   if mask is None)
+    manifest = {"fingerprint": fingerprint(teacher, dataset, processor, settings), **settings,
+                "vocab_size": teacher.config.vocab_size, "whole_stacks": whole,
                 "teacher": teacher.config._name_or_path, "examples": len(dataset), "complete": False}
     old = out / MANIFEST
     if old.exists() and json.loads(old.read_text())["fingerprint"] != manifest["fingerprint"]:
@@ -147,17 +139,46 @@ def cache_teacher(
             continue  # done before an interruption
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collate(rows)
-        result = _teacher_outputs(teacher, batch, bool(hidden_layers))
-        valid = _valid_positions(teacher, batch, result.logits.shape[1])
+        result = _teacher_outputs(family, teacher, batch, bool(hidden_layers))
+        valid = family.positions(teacher, batch).to(result.logits.device)
         tensors = {}
         for row in range(len(rows)):
-            for name, value in _example_tensors(result, row, valid, settings).items():
+            for name, value in _example_tensors(family, result, row, valid, settings).items():
                 tensors[f"{start + row}.{name}"] = value
         save_file(tensors, str(shard) + ".tmp")
         os.replace(str(shard) + ".tmp", shard)
     manifest["complete"] = True
     old.write_text(json.dumps(manifest, indent=2))
     return TeacherCache(out)
+
+
+def encoder_output_bytes(teacher: PreTrainedModel, examples: int) -> int:
+    """Disk cost of caching the encoder output of `examples` rows: positions x width x 2 bytes (fp16) each."""
+    family = family_of(teacher)
+    return examples * family.encoder_positions(teacher.config) * family.hidden_size(teacher.config) * 2
+
+
+def open_cache(cache: "TeacherCache | str | Path", teacher: PreTrainedModel, dataset: Any, processor: Any,
+               temperature: float, layer_maps: dict[str, dict[int, int]], shared_encoder: bool) -> "TeacherCache":
+    """Open a teacher cache for a training run and refuse one that does not fit it (teacher, data, preprocessing,
+    temperature, hidden layers, encoder sharing)."""
+    cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
+    if processor is None:
+        raise ValueError("A teacher cache is checked against the preprocessing: pass processing_class=.")
+    cache.check(teacher, dataset, processor)
+    manifest = cache.manifest
+    if manifest["temperature"] != temperature:
+        raise ValueError(f"The cache holds teacher probabilities at temperature {manifest['temperature']}, "
+                         f"this run uses {temperature}: rebuild the cache or change temperature.")
+    for stack, layer_map in layer_maps.items():
+        missing = sorted(set(layer_map.values()) - set(manifest["layers"].get(stack, [])))
+        if missing:
+            raise ValueError(f"The cache has no teacher {stack} hidden states {missing} that the layer map "
+                             f"{layer_map} needs: cache them (hidden_layers={{'{stack}': {missing}}}).")
+    if manifest["encoder_outputs"] and not shared_encoder:
+        raise ValueError("The cache holds encoder outputs for a frozen shared encoder, but the student's "
+                         "encoder is trainable or differs from the teacher's.")
+    return cache
 
 
 def cache_size_bytes(path: str | Path) -> int:
@@ -225,7 +246,7 @@ class TeacherCache:
         indices = torch.zeros(shape, dtype=torch.long)
         hidden: dict[str, dict[int, torch.Tensor]] = {}
         encoder = []
-        whole = self.manifest["family"] == "whisper"  # Whisper encoder states cover every position
+        whole = set(self.manifest["whole_stacks"])  # stacks stored with every position (Whisper's encoder)
         stored = self._read_examples(example_ids)
         cpu_positions = positions.cpu()
         for row, example in enumerate(example_ids):
@@ -239,7 +260,7 @@ class TeacherCache:
             for stack, layers in self.manifest["layers"].items():
                 for layer in layers:
                     state = tensors[f"hidden.{stack}.{layer}"]
-                    every = whole and stack == "encoder"
+                    every = stack in whole
                     size = state.shape if every else (positions.shape[1], state.shape[-1])
                     full = hidden.setdefault(stack, {}).setdefault(
                         int(layer), torch.zeros(positions.shape[0], *size, dtype=torch.float16))

@@ -161,7 +161,7 @@ def _report(models: dict, processor: Any, dataset: Any, output_dir: Path, **kwar
     results = compare([evaluate_model(name, model, processor, dataset, **kwargs) for name, model in models.items()])
     paths = write_report(results, output_dir, meta={"utterances": len(dataset)})
     print(report_table(results))
-    print(f"report written to {paths['md']}, {paths['json']}, {paths['png']}")
+    print(f"report written to {', '.join(str(p) for p in paths.values())}")
     return results
 
 
@@ -284,9 +284,9 @@ class CacheArguments:
 
 def cmd_cache_teacher(argv: list[str]) -> None:
     """Run the teacher once over the training data and store top-k probabilities / hidden states (resumable)."""
-    from .cache import cache_size_bytes, cache_teacher
+    from .cache import cache_size_bytes, cache_teacher, encoder_output_bytes
     from .data import load_speech_dataset, prepare_dataset
-    from .student import hidden_size, load_model
+    from .student import load_model
 
     t_args, a = _parse((TeacherArguments, CacheArguments), argv, "hf-asr-distill cache-teacher")
     processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
@@ -294,10 +294,7 @@ def cmd_cache_teacher(argv: list[str]) -> None:
     raw = _limit(load_speech_dataset(a.dataset, a.split, a.audio_column, a.text_column), a.max_samples)
     dataset, _ = prepare_dataset(raw, processor, teacher, a.audio_column, a.text_column)
     if a.encoder_outputs:  # say what it costs before spending it
-        width = hidden_size(teacher.config)
-        frames = teacher.config.max_source_positions
-        print(f"encoder outputs: {len(dataset)} x {frames} x {width} fp16 = "
-              f"{len(dataset) * frames * width * 2 / 1e9:.2f} GB on disk")
+        print(f"encoder outputs: {encoder_output_bytes(teacher, len(dataset)) / 1e9:.2f} GB on disk (fp16)")
     layers = {k: list(v) for k, v in json.loads(a.hidden_layers).items()} if a.hidden_layers else None
     cache_teacher(teacher, processor, dataset, a.output_dir, k=a.k, temperature=a.temperature, hidden_layers=layers,
                   encoder_outputs=a.encoder_outputs, batch_size=a.batch_size)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import Seq2SeqTrainingArguments
 
 KD_LOSSES = ("kl", "soft_ce", "reverse_kl", "jsd")
@@ -13,6 +14,11 @@ HIDDEN_LOSSES = ("mse", "l1", "cosine", "l1_cosine")
 PROJECTIONS = ("linear", "mlp", "none")
 TEACHER_DTYPES = ("fp32", "bf16", "fp16")
 LAYER_MAP_FIELDS = ("hidden_layer_map", "encoder_layer_map", "decoder_layer_map")
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every backend; older ones: CUDA
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -123,6 +129,8 @@ class DistillationConfig(Seq2SeqTrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.dataloader_pin_memory and (self.use_cpu or not _has_accelerator()):
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on each DataLoader without
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         for name in ("alpha_ce", "alpha_kd", "alpha_hidden"):

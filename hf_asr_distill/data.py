@@ -20,12 +20,13 @@ import torch
 from datasets import Audio, Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedModel
 
-from .student import model_family
+from .families import CTCCollator, Family, WhisperCollator, family_of, pad_labels
 
 logger = logging.getLogger(__name__)
 
-WHISPER_MAX_SECONDS = 30.0
-WHISPER_MAX_LABEL_TOKENS = 448
+__all__ = ["AudioError", "CTCCollator", "FeatureTransform", "PrepareStats", "WhisperCollator", "audio_seconds",
+           "collator_for", "decode_audio", "load_speech_dataset", "normalize_for_vocab", "pad_labels",
+           "prepare_dataset"]
 
 
 class AudioError(ValueError):
@@ -202,26 +203,22 @@ def prepare_dataset(
 ) -> tuple[Dataset, PrepareStats]:
     """Check and filter every row up front, then extract features lazily (`set_transform`) at batch time.
 
-    Whisper defaults: at most 30 s of audio and 448 label tokens. Bad rows (unreadable or empty audio, empty
-    transcript) raise a `ValueError` naming the row, or with `on_error="skip"` are dropped and counted in the
-    returned `PrepareStats`. Features are never materialised: a large dataset is not held in memory.
+    The model's family sets the default limits (Whisper: at most 30 s of audio and 448 label tokens; CTC: enough
+    output frames for the labels). Bad rows (unreadable or empty audio, empty transcript) raise a `ValueError`
+    naming the row, or with `on_error="skip"` are dropped and counted in the returned `PrepareStats`. Features are
+    never materialised: a large dataset is not held in memory.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} is not supported; choose one of raise, skip.")
-    whisper = model_family(model) == "whisper"
-    max_seconds = max_seconds if max_seconds is not None else (WHISPER_MAX_SECONDS if whisper else float("inf"))
-    max_label_tokens = max_label_tokens if max_label_tokens is not None else (
-        WHISPER_MAX_LABEL_TOKENS if whisper else None)
-    tokenizer = processor.tokenizer
+    family = family_of(model)
+    defaults = family.limits(model, processor)
+    max_seconds = max_seconds if max_seconds is not None else defaults.max_seconds
+    max_label_tokens = max_label_tokens if max_label_tokens is not None else defaults.max_label_tokens
     stats = PrepareStats()
     limits = (min_seconds, max_seconds, max_label_tokens)
-    frames_for = None
-    if not whisper:  # CTC needs at least one output frame per label
-        rate = processor.feature_extractor.sampling_rate
-        frames_for = lambda s: int(model._get_feat_extract_output_lengths(int(s * rate)))  # noqa: E731
     keep = [
-        _check_row(row, i, audio_column, text_column, lambda t: tokenizer(t).input_ids, limits, stats, on_error,
-                   frames_for)
+        _check_row(row, i, audio_column, text_column, lambda t: family.label_ids(processor, t), limits, stats,
+                   on_error, defaults.frames_for)
         for i, row in enumerate(ds)
     ]
     ds = ds.select([i for i, ok in enumerate(keep) if ok])
@@ -231,7 +228,7 @@ def prepare_dataset(
         raise ValueError(f"No rows left after filtering: {stats}. Check max_seconds/max_label_tokens and the audio.")
     if stats.kept < len(keep):
         logger.warning("prepare_dataset kept %d of %d rows: %s", stats.kept, len(keep), stats)
-    ds.set_transform(FeatureTransform(processor, whisper, audio_column, text_column))
+    ds.set_transform(FeatureTransform(processor, family, audio_column, text_column))
     return ds, stats
 
 
@@ -240,22 +237,20 @@ class FeatureTransform:
     """Decode, resample and extract features for a batch of rows; tokenise the transcripts into `labels`."""
 
     processor: Any
-    whisper: bool
+    family: Family
     audio_column: str = "audio"
     text_column: str | None = "text"
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        extractor = self.processor.feature_extractor
-        rate = extractor.sampling_rate
+        rate = self.processor.feature_extractor.sampling_rate
         audio = [decode_audio(value, rate) for value in batch[self.audio_column]]
-        key = "input_features" if self.whisper else "input_values"
-        out = {key: list(extractor(audio, sampling_rate=rate)[key])}
+        out = self.family.features(self.processor, audio, rate)
         out["audio_seconds"] = [len(a) / rate for a in audio]
         if "example_id" in batch:
             out["example_id"] = list(batch["example_id"])
         if self.text_column is not None:
             out["text"] = list(batch[self.text_column])
-            out["labels"] = self.processor.tokenizer(out["text"]).input_ids
+            out["labels"] = [self.family.label_ids(self.processor, text) for text in out["text"]]
         return out
 
 
@@ -275,65 +270,6 @@ def normalize_for_vocab(text: str, tokenizer: Any) -> str:
 # ---- batching --------------------------------------------------------------------------------------------------
 
 
-def pad_labels(labels: list[list[int]]) -> torch.Tensor:
-    """Pad label id lists with -100 to the longest in the batch (never to a fixed maximum: that wastes compute)."""
-    longest = max(len(ids) for ids in labels)
-    out = torch.full((len(labels), longest), -100, dtype=torch.long)
-    for row, ids in enumerate(labels):
-        out[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-    return out
-
-
-@dataclass
-class WhisperCollator:
-    """Batches `input_features` (log-mel, padded by the feature extractor) and `labels`.
-
-    The tokenizer puts `<|startoftranscript|>` first; the model prepends the decoder start token itself when it
-    shifts the labels right, so a leading start token is dropped here (as in the Transformers examples).
-    """
-
-    feature_extractor: Any
-    decoder_start_token_id: int
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.feature_extractor.pad(
-            [{"input_features": f["input_features"]} for f in features], return_tensors="pt"
-        )
-        if "labels" in features[0]:
-            labels = pad_labels([list(f["labels"]) for f in features])
-            if labels.shape[1] > 0 and bool((labels[:, 0] == self.decoder_start_token_id).all()):
-                labels = labels[:, 1:]
-            batch["labels"] = labels
-        return _with_ids(dict(batch), features)
-
-
-def _with_ids(batch: dict, features: list[dict[str, Any]]) -> dict:
-    """Carry `example_id` (the key of cached teacher outputs) into the batch when the rows have it."""
-    if "example_id" in features[0]:
-        batch["example_id"] = torch.tensor([int(f["example_id"]) for f in features])
-    return batch
-
-
-@dataclass
-class CTCCollator:
-    """Batches raw `input_values` (padded, with the attention mask when the extractor uses one) and `labels`."""
-
-    feature_extractor: Any
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.feature_extractor.pad(
-            [{"input_values": f["input_values"]} for f in features],
-            return_tensors="pt",
-            return_attention_mask=bool(getattr(self.feature_extractor, "return_attention_mask", True)),
-        )
-        if "labels" in features[0]:
-            batch["labels"] = pad_labels([list(f["labels"]) for f in features])
-        return _with_ids(dict(batch), features)
-
-
 def collator_for(processor: Any, model: PreTrainedModel) -> WhisperCollator | CTCCollator:
     """The right collator for `model`, from a processor or a bare feature extractor."""
-    feature_extractor = getattr(processor, "feature_extractor", processor)
-    if model_family(model) == "whisper":
-        return WhisperCollator(feature_extractor, model.config.decoder_start_token_id)
-    return CTCCollator(feature_extractor)
+    return family_of(model).collator(getattr(processor, "feature_extractor", processor), model)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,7 @@ UPLOAD_PATTERNS = [
     "preprocessor_config.json", "processor_config.json", "tokenizer*", "vocab.json", "merges.txt",
     "normalizer.json", "added_tokens.json", "special_tokens_map.json", "README.md", "report.png", "distillation.json",
 ]
+RECORD_FILE = "distillation.json"
 RECIPE_FIELDS = ("alpha_ce", "alpha_kd", "alpha_hidden", "kd_loss", "hidden_loss", "temperature", "projection",
                  "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps")
 
@@ -80,10 +82,10 @@ def build_model_card(
         model_name=repo_id.split("/")[-1],
         eval_results=_eval_results(results, student_name, eval_dataset, eval_dataset or "") or None,
     )
+    # layers and widths, each once: configs alias some names (Whisper's hidden_size is its d_model)
     shape = {k: getattr(student_config, k) for k in ("encoder_layers", "decoder_layers", "d_model",
                                                      "num_hidden_layers", "hidden_size")
-             if hasattr(student_config, k) and not (student_config.model_type == "whisper" and k in (
-                 "num_hidden_layers", "hidden_size"))}
+             if hasattr(student_config, k) and k not in student_config.attribute_map}
     return ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id, teacher=teacher,
         teacher_link=f"[{teacher}](https://huggingface.co/{teacher})" if hub_id(teacher) else f"`{Path(teacher).name}`",
@@ -111,3 +113,49 @@ def push_student(folder: str | Path, repo_id: str, card: ModelCard | None = None
     return api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=UPLOAD_PATTERNS,
                              ignore_patterns=["checkpoint-*", "projections.safetensors"],
                              commit_message=commit_message)
+
+
+# ---- from a trainer --------------------------------------------------------------------------------------------
+
+
+def distillation_record(trainer: Any) -> dict[str, Any]:
+    """How a student was made (recipe, teacher, layer maps, steps): saved beside it as `distillation.json`."""
+    teacher = trainer.teacher
+    return {
+        "teacher": (teacher.config._name_or_path or "teacher") if teacher is not None else "none (pseudo-labels)",
+        "recipe": {k: getattr(trainer.args, k) for k in RECIPE_FIELDS},
+        "layer_maps": {stack: {str(s): t for s, t in m.items()} for stack, m in trainer.layer_maps.items()},
+        "shared_encoder": trainer.share_encoder,
+        "steps": trainer.state.global_step,
+    }
+
+
+def trainer_card(trainer: Any, repo_id: str | None = None, **kwargs: Any) -> ModelCard:
+    """The card of a trainer's student: recipe, layer maps, and `output_dir/report/report.json` if present."""
+    output_dir = Path(trainer.args.output_dir)
+    report = output_dir / "report" / "report.json"
+    results, meta = results_from_report(report) if report.exists() else ([], {})
+    record = distillation_record(trainer)
+    meta = {**meta, "layer_maps": record["layer_maps"] or None, "chart": report.with_suffix(".png").exists()}
+    return build_model_card(
+        repo_id=repo_id or trainer.args.hub_model_id or output_dir.name, teacher=record["teacher"],
+        recipe=record["recipe"], student_config=trainer.accelerator.unwrap_model(trainer.model).config,
+        results=results, meta=meta, steps=record["steps"], **kwargs,
+    )
+
+
+def push_trainer(trainer: Any, commit_message: str | None, token: str | None, private: bool | None,
+                 **card_kwargs: Any) -> Any:
+    """Save a trainer's student and upload it with its card (only from the main process)."""
+    trainer.save_model(_internal_call=True)
+    if not trainer.is_world_process_zero():
+        return None
+    args = trainer.args
+    repo_id = args.hub_model_id or Path(args.output_dir).absolute().name
+    card = trainer_card(trainer, repo_id, **card_kwargs)
+    chart = Path(args.output_dir) / "report" / "report.png"
+    if chart.exists():
+        shutil.copy(chart, Path(args.output_dir) / "report.png")
+    return push_student(args.output_dir, repo_id, card, token=token or args.hub_token,
+                        private=args.hub_private_repo if private is None else private,
+                        commit_message=commit_message or "Upload distilled student")

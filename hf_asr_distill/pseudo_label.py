@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 
 from .data import FeatureTransform, collator_for
 from .evaluation import text_normalizer, transcribe_batch
-from .student import model_family
+from .families import family_of
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def transcribe_dataset(
     """The teacher's transcript of every row (Whisper `generate`, CTC greedy), resumable through `work_dir`."""
     from tqdm.auto import tqdm
 
-    whisper = model_family(teacher) == "whisper"
-    transform = FeatureTransform(processor, whisper, audio_column, text_column=None)
+    transform = FeatureTransform(processor, family_of(teacher), audio_column, text_column=None)
     collate = collator_for(processor, teacher)
     path = Path(work_dir) / PROGRESS_FILE if work_dir else None
     done = _load_progress(path) if path else {}

@@ -11,47 +11,12 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCTC, AutoModelForSpeechSeq2Seq, PretrainedConfig, PreTrainedModel
 
+from .families import family_of
+
 logger = logging.getLogger(__name__)
 
 LayerMap = dict[str, dict[int, int]]
 _LAYER_KEY = re.compile(r"(?:^|\.)(encoder|decoder)\.layers\.(\d+)\.")
-
-
-def model_family(model: PreTrainedModel | PretrainedConfig) -> str:
-    """'whisper' for Whisper encoder-decoders, 'ctc' for Wav2Vec2-family CTC models; anything else is refused."""
-    config = model if isinstance(model, PretrainedConfig) else model.config
-    if config.model_type == "whisper":
-        return "whisper"
-    names = [type(model).__name__] if isinstance(model, PreTrainedModel) else list(config.architectures or [])
-    if any(name.endswith("ForCTC") for name in names):
-        return "ctc"
-    raise ValueError(
-        f"Unsupported model {names or config.model_type!r}: hf_asr_distill distils WhisperForConditionalGeneration "
-        "and CTC models (Wav2Vec2ForCTC, HubertForCTC, WavLMForCTC, Data2VecAudioForCTC, ...)."
-    )
-
-
-def layer_counts(config: PretrainedConfig) -> dict[str, int]:
-    """Number of transformer layers per stack ('encoder', and 'decoder' for Whisper)."""
-    if config.model_type == "whisper":
-        return {"encoder": config.encoder_layers, "decoder": config.decoder_layers}
-    return {"encoder": config.num_hidden_layers}
-
-
-def hidden_size(config: PretrainedConfig) -> int:
-    """Width of the hidden states that hidden-state distillation compares."""
-    return config.d_model if config.model_type == "whisper" else config.hidden_size
-
-
-def frame_mask(model: PreTrainedModel, attention_mask: torch.Tensor | None, frames: int) -> torch.Tensor | None:
-    """Which of a CTC model's `frames` output frames hold audio rather than padding (None: all of them).
-
-    Padded frames are never trained, so losses must skip them and decoding must not read them.
-    """
-    if attention_mask is None:
-        return None
-    lengths = model._get_feat_extract_output_lengths(attention_mask.sum(-1)).to(attention_mask.device)
-    return torch.arange(frames, device=attention_mask.device)[None, :] < lengths[:, None]
 
 
 def load_model(name_or_path: str, dtype: torch.dtype | None = None, **kwargs: Any) -> PreTrainedModel:
@@ -60,8 +25,11 @@ def load_model(name_or_path: str, dtype: torch.dtype | None = None, **kwargs: An
     Remote code is never trusted implicitly: pass `trust_remote_code=True` yourself if you need it.
     """
     config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    auto_cls = AutoModelForSpeechSeq2Seq if config.model_type == "whisper" else AutoModelForCTC
-    return auto_cls.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    # encoder-decoders (Whisper) load as speech-to-text models, everything else as CTC; family_of checks the result
+    auto_cls = AutoModelForSpeechSeq2Seq if config.is_encoder_decoder else AutoModelForCTC
+    model = auto_cls.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    family_of(model)
+    return model
 
 
 def spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -124,22 +92,19 @@ def make_student(
     """
     if isinstance(teacher, str):
         teacher = load_model(teacher)
-    family = model_family(teacher)
+    family = family_of(teacher)
     if student_config is not None and shrink:
         raise ValueError("Pass either student_config or shrink options such as decoder_layers=2, not both.")
     config = copy.deepcopy(student_config) if student_config is not None else _shrunk_config(teacher.config, shrink)
     student = type(teacher)(config)
-    teacher_counts, student_counts = layer_counts(teacher.config), layer_counts(config)
+    teacher_counts, student_counts = family.layer_counts(teacher.config), family.layer_counts(config)
     layer_map = {
         stack: dict(enumerate(spaced_layers(teacher_counts[stack], student_counts[stack]))) for stack in teacher_counts
     }
     copied, fresh = _copy_weights(teacher, student, layer_map)
     logger.info("make_student: copied %d tensors from the teacher, %d freshly initialised", copied, fresh)
-    if student.can_generate():
-        student.generation_config = copy.deepcopy(teacher.generation_config)
+    family.finish_student(student, teacher, layer_map)
     student.config.distillation_layer_map = {s: {str(k): v for k, v in m.items()} for s, m in layer_map.items()}
     if freeze_encoder:
-        if family != "whisper":
-            raise ValueError("freeze_encoder is for Whisper students; for CTC use student.freeze_feature_encoder().")
-        student.model.encoder.requires_grad_(False)
+        family.freeze_encoder(student)
     return student, layer_map

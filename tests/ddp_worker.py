@@ -1,5 +1,6 @@
 """Trains a tiny Whisper student for a few steps; run alone or under torchrun, with DeepSpeed ZeRO when DS_STAGE is
-set (FSDP with FSDP=1, on GPUs). Writes a JSON summary."""
+set (FSDP with FSDP=1, on GPUs). MAX_STEPS, SAVE_STEPS and RESUME (a checkpoint folder) set the run's length, its
+checkpoints and where it resumes. Writes a JSON summary."""
 
 import contextlib
 import hashlib
@@ -46,8 +47,10 @@ def main(out_dir, per_device_batch):
     student, _ = make_student(teacher, decoder_layers=2, d_model=16, encoder_attention_heads=2,
                               decoder_attention_heads=2, encoder_layers=2)
     args = DistillationConfig(
-        output_dir=out_dir, per_device_train_batch_size=per_device_batch, max_steps=3, learning_rate=1e-2,
-        optim="sgd", logging_steps=1, report_to="none", save_strategy="no", seed=0, data_seed=0,
+        output_dir=out_dir, per_device_train_batch_size=per_device_batch,
+        max_steps=int(os.environ.get("MAX_STEPS", 3)), learning_rate=1e-2, optim=os.environ.get("OPTIM", "sgd"),
+        logging_steps=1, report_to="none", seed=0, data_seed=0,
+        save_strategy="steps" if os.environ.get("SAVE_STEPS") else "no", save_steps=int(os.environ.get("SAVE_STEPS", 1)),
         use_cpu=use_cpu, bf16=os.environ.get("BF16") == "1",
         fsdp="full_shard" if os.environ.get("FSDP") else "",
         disable_tqdm=True, alpha_hidden=float(os.environ.get("ALPHA_HIDDEN", 1.0)),
@@ -58,7 +61,7 @@ def main(out_dir, per_device_batch):
     rows = [{**r, "labels": (list(r["labels"]) * 3)[:8]} for r in whisper_rows(24)]
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows,
                                   data_collator=collator_for(whisper_features(), student))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=os.environ.get("RESUME") or None)
     rank = int(os.environ.get("RANK", 0))
     params = list(trainer.model.parameters())
     gathered = deepspeed.zero.GatheredParameters(params) if stage == 3 else contextlib.nullcontext()

@@ -2,7 +2,7 @@
 
 from conftest import ctc_features, whisper_features
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for
-from hf_asr_distill.student import model_family
+from hf_asr_distill import family_of
 
 
 def make_args(tmp_path, **kw):
@@ -16,7 +16,7 @@ def make_args(tmp_path, **kw):
 
 
 def make_trainer(tmp_path, teacher, student, rows, **kw):
-    features = whisper_features() if model_family(student) == "whisper" else ctc_features()
+    features = whisper_features() if family_of(student).name == "whisper" else ctc_features()
     return DistillationTrainer(
         model=student, teacher_model=teacher, args=make_args(tmp_path, **kw), train_dataset=rows,
         data_collator=collator_for(features, student),

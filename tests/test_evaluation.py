@@ -10,6 +10,7 @@ from conftest import ctc_processor, tiny_ctc, write_corpus
 from hf_asr_distill import collator_for, make_student
 from hf_asr_distill.data import load_speech_dataset, prepare_dataset
 from hf_asr_distill.evaluation import (
+    ModelResult,
     asr_scores, compare, count_parameters, evaluate_model, load_metric, max_new_tokens_for, size_on_disk,
     text_normalizer, wer_metrics, write_report,
 )
@@ -101,15 +102,17 @@ def test_report_on_tiny_models(tmp_path):
 
 
 def test_frame_mask_marks_only_audio_frames():
-    from hf_asr_distill.student import frame_mask
+    from hf_asr_distill.families import CTCFamily
 
-    model = tiny_ctc()
+    model, family = tiny_ctc(), CTCFamily()
     mask = torch.zeros(2, 1000, dtype=torch.long)
     mask[0, :1000], mask[1, :400] = 1, 1
-    valid = frame_mask(model, mask, 62)  # 62 frames for 1,000 samples
+    values = torch.zeros(2, 1000)
+    valid = family.positions(model, {"input_values": values, "attention_mask": mask})  # 62 frames for 1,000 samples
     frames = int(model._get_feat_extract_output_lengths(torch.tensor(400)))
     assert valid[0].all() and valid[1].tolist() == [True] * frames + [False] * (62 - frames)
-    assert frame_mask(model, None, 62) is None
+    assert family.positions(model, {"input_values": values}).shape == (2, 62)
+    assert family.positions(model, {"input_values": values}).all()
 
 
 def test_ctc_transcription_of_a_padded_row_equals_it_alone(tmp_path):
@@ -122,3 +125,23 @@ def test_ctc_transcription_of_a_padded_row_equals_it_alone(tmp_path):
     alone = transcribe_batch(model, processor, collate([{"input_values": short}]))
     padded = transcribe_batch(model, processor, collate([{"input_values": long}, {"input_values": short}]))
     assert padded[1] == alone[0]
+
+
+def test_report_without_matplotlib_writes_the_table_and_says_how_to_get_the_chart(tmp_path, monkeypatch, caplog):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    results = [ModelResult(name="teacher", params={"total": 10}, size_bytes={"fp32": 40, "fp16": 20},
+                           scores={"wer": 0.1, "cer": 0.05, "runaway": 0}, latency_ms=5.0, rtfx=100.0,
+                           peak_memory_mb=1.0, batch_size=2)]
+    paths = write_report(results, tmp_path / "report")
+    assert set(paths) == {"json", "md"} and not (tmp_path / "report" / "report.png").exists()
+    assert "| teacher |" in paths["md"].read_text()
+    assert "pip install 'hf-asr-distill[plots]'" in caplog.text

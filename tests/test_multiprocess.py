@@ -74,6 +74,24 @@ def test_deepspeed_zero_two_processes_match_one(tmp_path, stage, bf16):
         np.testing.assert_allclose(rank0["projection_values"][key], value, rtol=1e-4, atol=1e-6)
 
 
+def test_deepspeed_resume_restores_the_projections(tmp_path):
+    # DeepSpeed resumes through its own checkpoint loader, never through Trainer's _load_from_checkpoint: the
+    # projections (and their Adam state) must still come back, or they restart from their initial values.
+    env = {"DS_STAGE": "2", "MAX_STEPS": "4", "SAVE_STEPS": "2", "OPTIM": "adamw_torch"}
+    run(torchrun(2, tmp_path / "full", 2), env)
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert (checkpoint / "projections.safetensors").exists() and (checkpoint / "projections_optimizer.pt").exists()
+    run(torchrun(2, tmp_path / "resumed", 2), {**env, "RESUME": str(checkpoint)})
+    full = json.loads((tmp_path / "full" / "summary_rank0.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "summary_rank0.json").read_text())
+    assert len(resumed["losses"]) == 4  # steps 1-2 from the checkpoint's log history, 3-4 trained again
+    np.testing.assert_allclose(resumed["losses"], full["losses"], rtol=1e-5)
+    for key, value in full["projection_values"].items():
+        np.testing.assert_allclose(resumed["projection_values"][key], value, rtol=1e-5, atol=1e-7)
+    for key, value in full["student"].items():
+        np.testing.assert_allclose(resumed["student"][key], value, rtol=1e-5, atol=1e-7)
+
+
 def test_unverified_backend_combinations_are_refused_with_the_reason(tmp_path):
     # FSDP does not run on CPU and fp16 needs a GPU, so this checks the rule itself.
     from hf_asr_distill import DistillationConfig

@@ -1,0 +1,160 @@
+"""Compute cost and storage: parameters, bytes on disk, peak memory, latency and real-time factor of a model
+transcribing a dataset, with its accuracy beside them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+from ..data import collator_for
+from ..families import family_of
+from .metrics import asr_scores, text_normalizer
+
+# ---- cost and storage ------------------------------------------------------------------------------------------
+
+
+def count_parameters(model: PreTrainedModel) -> dict[str, int]:
+    """Parameters in total and per component (tied weights counted once)."""
+    def unique(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+    parts = family_of(model).parts(model)
+    return {"total": unique(model), **{name: unique(module) for name, module in parts.items()}}
+
+
+def size_on_disk(model: PreTrainedModel) -> dict[str, int]:
+    """Bytes of the safetensors weights as saved by `save_pretrained`, in fp32 and in fp16."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        files = sorted(Path(tmp).glob("*.safetensors"))
+        fp32 = sum(f.stat().st_size for f in files)
+        fp16 = 0
+        for f in files:
+            half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(f)).items()}
+            save_file(half, os.path.join(tmp, "half.tmp"))
+            fp16 += os.path.getsize(os.path.join(tmp, "half.tmp"))
+    return {"fp32": fp32, "fp16": fp16}
+
+
+class PeakMemory:
+    """Peak memory above the starting point: CUDA allocator peak on GPU, sampled resident set size on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self, base: int) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss() - base)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        elif os.path.exists("/proc/self/statm"):
+            self._thread = threading.Thread(target=self._sample, args=(self._rss(),), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+
+
+# ---- transcription and timing ----------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def transcribe_batch(model: PreTrainedModel, processor: Any, batch: dict, generate_kwargs: dict | None = None) -> list[str]:
+    """Greedy transcription of one collated batch, as the model's family does it (Whisper `generate`, CTC argmax)."""
+    return family_of(model).transcribe(model, processor, batch, generate_kwargs)
+
+
+@dataclass
+class ModelResult:
+    """Accuracy, cost and storage of one model on one evaluation set."""
+
+    name: str
+    params: dict[str, int]
+    size_bytes: dict[str, int]
+    scores: dict[str, float]
+    latency_ms: float  # compute time per utterance
+    rtfx: float  # audio seconds per compute second
+    peak_memory_mb: float
+    batch_size: int
+    speedup: float = 1.0
+    predictions: list[str] = field(default_factory=list, repr=False)
+
+
+def _batches(model: PreTrainedModel, processor: Any, dataset: Any, batch_size: int) -> tuple[list[dict], list[str], float]:
+    collate = collator_for(processor, model)
+    rows = [dataset[i] for i in range(len(dataset))]  # features once: extraction is not part of the timed work
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = collate(chunk)
+        batch["max_seconds"] = max(r["audio_seconds"] for r in chunk)
+        batches.append(batch)
+    return batches, [r["text"] for r in rows], float(sum(r["audio_seconds"] for r in rows))
+
+
+def evaluate_model(
+    name: str,
+    model: PreTrainedModel,
+    processor: Any,
+    dataset: Any,
+    batch_size: int = 8,
+    warmup: int = 1,
+    repeats: int = 2,
+    generate_kwargs: dict | None = None,
+    english: bool = True,
+    progress: bool = True,
+) -> ModelResult:
+    """Transcribe `dataset` (prepared by `prepare_dataset`), score it, and time it (best of `repeats` passes)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    batches, references, audio_seconds = _batches(model, processor, dataset, batch_size)
+    for _ in range(warmup):
+        transcribe_batch(model, processor, batches[0], generate_kwargs)
+    best, predictions, peak = float("inf"), [], 0
+    for repeat in range(max(1, repeats)):
+        with PeakMemory(model.device) as memory:
+            start = time.perf_counter()
+            texts = [transcribe_batch(model, processor, b, generate_kwargs)
+                     for b in tqdm(batches, desc=f"{name} pass {repeat + 1}", disable=not progress)]
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+            elapsed = time.perf_counter() - start
+        best, peak = min(best, elapsed), max(peak, memory.peak)
+        predictions = predictions or [t for batch in texts for t in batch]
+    scores = asr_scores(predictions, references, text_normalizer(processor.tokenizer, english))
+    return ModelResult(
+        name=name, params=count_parameters(model), size_bytes=size_on_disk(model), scores=scores,
+        latency_ms=1000 * best / len(references), rtfx=audio_seconds / best, peak_memory_mb=peak / 2**20,
+        batch_size=batch_size, predictions=predictions,
+    )
+
+
+def compare(results: list[ModelResult], reference: str | None = None) -> list[ModelResult]:
+    """Set each result's speed-up against the reference (default: the first, usually the teacher)."""
+    base = next(r for r in results if r.name == reference) if reference else results[0]
+    for r in results:
+        r.speedup = base.latency_ms / r.latency_ms
+    return results
