@@ -142,9 +142,10 @@ def cache_teacher(
         result = _teacher_outputs(family, teacher, batch, bool(hidden_layers))
         valid = family.positions(teacher, batch).to(result.logits.device)
         tensors = {}
-        for row in range(len(rows)):
+        ids = batch["example_id"].tolist() if "example_id" in batch else list(range(start, start + len(rows)))
+        for row, example in enumerate(ids):
             for name, value in _example_tensors(family, result, row, valid, settings).items():
-                tensors[f"{start + row}.{name}"] = value
+                tensors[f"{example}.{name}"] = value
         save_file(tensors, str(shard) + ".tmp")
         os.replace(str(shard) + ".tmp", shard)
     manifest["complete"] = True

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from accelerate import PartialState
 from transformers import AutoProcessor, HfArgumentParser
 
 from .config import DistillationConfig
@@ -54,6 +55,34 @@ class DataArguments:
     on_error: str = field(default="raise", metadata={"help": "Bad rows: 'raise' (name the row) or 'skip' (count)."})
     teacher_cache: str | None = field(
         default=None, metadata={"help": "A cache from `cache-teacher` (same data and settings): no teacher forward."})
+    language_column: str | None = field(
+        default=None, metadata={"help": "Whisper: column of per-row language codes (mixed-language corpora); each "
+                                        "row trains and is decoded with its own language token."})
+    timestamp_column: str | None = field(
+        default=None, metadata={"help": "Whisper: column of transcripts with timestamp tokens (pseudo-label "
+                                        "--timestamps writes <output_column>_timestamps)."})
+    timestamp_probability: float = field(
+        default=0.2, metadata={"help": "Share of the rows with timestamped text that train with timestamps "
+                                       "(distil-whisper: 0.2); used only with --timestamp_column."})
+    num_proc: int | None = field(default=None, metadata={"help": "Processes checking the rows (datasets.map)."})
+
+    def prepare_options(self) -> dict:
+        return {"language_column": self.language_column, "timestamp_column": self.timestamp_column,
+                "timestamp_probability": self.timestamp_probability if self.timestamp_column else 0.0,
+                "num_proc": self.num_proc, "audio_column": self.audio_column, "text_column": self.text_column,
+                "max_seconds": self.max_seconds, "on_error": self.on_error}
+
+
+@dataclass
+class LanguageArguments:
+    language: str | None = field(
+        default=None, metadata={"help": "Whisper: the language of every row (a code such as 'de'); multilingual "
+                                        "teachers need it or --language_column."})
+    language_column: str | None = field(default=None, metadata={"help": "Whisper: column of per-row language codes."})
+    task: str | None = field(default=None, metadata={"help": "Whisper: 'transcribe' (default) or 'translate'."})
+
+    def options(self) -> dict:
+        return {"language": self.language, "language_column": self.language_column, "task": self.task}
 
 
 @dataclass
@@ -68,7 +97,10 @@ class EvalArguments:
     repeats: int = field(default=2, metadata={"help": "Timed passes over the set (the fastest counts)."})
     warmup: int = field(default=1, metadata={"help": "Untimed warm-up batches."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate at most this many rows."})
-    english: bool = field(default=True, metadata={"help": "Whisper English normaliser (else the basic one)."})
+    english: bool = field(default=True, metadata={"help": "Whisper English normaliser (else the basic one); rows "
+                                                          "with a language use their language's normaliser."})
+    long_form: bool = field(default=True, metadata={"help": "Decode audio longer than the model's window (Whisper: "
+                                                            "30 s) long-form instead of dropping it."})
     device: str = field(default="cpu", metadata={"help": "Device to run on: cpu, cuda, cuda:1, ..."})
     no_repeat_ngram_size: int | None = field(
         default=None, metadata={"help": "Whisper generation: forbid repeating n-grams of this size (anti-loop)."})
@@ -138,10 +170,10 @@ def cmd_distill(argv: list[str]) -> None:
         student = load_model(s_args.student)
     else:
         student, _ = make_student(teacher, freeze_encoder=s_args.freeze_encoder, **s_args.shrink())
-    prepare = dict(processor=processor, model=teacher, audio_column=d_args.audio_column,
-                   text_column=d_args.text_column, max_seconds=d_args.max_seconds, on_error=d_args.on_error)
+    prepare = dict(processor=processor, model=teacher, language=config.language, task=config.task,
+                   **d_args.prepare_options())
     raw = load_speech_dataset(d_args.dataset, d_args.train_split, d_args.audio_column, d_args.text_column)
-    train, stats = prepare_dataset(_limit(raw, d_args.max_samples), **prepare)
+    train, stats = prepare_dataset(_limit(raw, d_args.max_samples), seed=config.seed, **prepare)
     print(f"training on {stats.kept} rows ({stats})")
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, processing_class=processor,
                                   train_dataset=train, data_collator=collator_for(processor, student),
@@ -150,17 +182,18 @@ def cmd_distill(argv: list[str]) -> None:
     trainer.save_model()
     if d_args.eval_split:
         raw = load_speech_dataset(d_args.dataset, d_args.eval_split, d_args.audio_column, d_args.text_column)
-        test, _ = prepare_dataset(_limit(raw, d_args.max_samples), **prepare)
+        test, _ = prepare_dataset(_limit(raw, d_args.max_samples), long_form=True,
+                                  **{**prepare, "timestamp_probability": 0.0, "max_seconds": None})
         _report({"teacher": trainer.teacher, "student": trainer.model}, processor, test,
                 Path(config.output_dir) / "report", batch_size=config.per_device_eval_batch_size)
 
 
 def _report(models: dict, processor: Any, dataset: Any, output_dir: Path, **kwargs: Any) -> list:
-    from .evaluation import compare, evaluate_model, report_table, write_report
+    from .evaluation import compare, evaluate_model, report_meta, report_table, write_report
 
     results = compare([evaluate_model(name, model, processor, dataset, **kwargs) for name, model in models.items()])
-    paths = write_report(results, output_dir, meta={"utterances": len(dataset)})
-    print(report_table(results))
+    paths = write_report(results, output_dir, meta=report_meta(results, models["teacher"], len(dataset)))
+    print(paths["md"].read_text())
     print(f"report written to {', '.join(str(p) for p in paths.values())}")
     return results
 
@@ -172,7 +205,8 @@ def cmd_evaluate(argv: list[str]) -> None:
     from .data import load_speech_dataset, prepare_dataset
     from .student import load_model
 
-    t_args, e_args = _parse((TeacherArguments, EvalArguments), argv, "hf-asr-distill evaluate")
+    t_args, e_args, lang = _parse((TeacherArguments, EvalArguments, LanguageArguments), argv,
+                                  "hf-asr-distill evaluate")
     processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
     device = torch.device(e_args.device)
     models = {"teacher": load_model(t_args.teacher).to(device)}
@@ -180,7 +214,7 @@ def cmd_evaluate(argv: list[str]) -> None:
         models[Path(path).name if len(e_args.student) > 1 else "student"] = load_model(path).to(device)
     raw = load_speech_dataset(e_args.dataset, e_args.split, e_args.audio_column, e_args.text_column)
     dataset, _ = prepare_dataset(_limit(raw, e_args.max_samples), processor, models["teacher"],
-                                 e_args.audio_column, e_args.text_column)
+                                 e_args.audio_column, e_args.text_column, long_form=e_args.long_form, **lang.options())
     _report(models, processor, dataset, Path(e_args.output_dir), batch_size=e_args.batch_size,
             repeats=e_args.repeats, warmup=e_args.warmup, english=e_args.english,
             generate_kwargs=e_args.generate_kwargs() or None)
@@ -241,8 +275,13 @@ class PseudoLabelArguments:
     text_column: str | None = field(
         default="text", metadata={"help": "Reference transcripts for the WER filter (absent: unlabelled audio)."})
     output_column: str = field(default="pseudo_text", metadata={"help": "Column for the teacher's transcripts."})
-    max_wer: float | None = field(
-        default=None, metadata={"help": "Keep rows whose pseudo-label is within this WER of the reference (0.1)."})
+    max_wer: str = field(
+        default="0.1", metadata={"help": "Keep rows whose pseudo-label is within this WER of the reference on "
+                                         "normalised text (distil-whisper: 0.1); 'none' keeps every row."})
+    timestamps: bool = field(
+        default=False, metadata={"help": "Whisper: also keep the transcripts with timestamp tokens, as "
+                                         "<output_column>_timestamps (train on them with --timestamp_column)."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding the audio."})
     batch_size: int = field(default=8, metadata={"help": "Transcription batch size."})
     max_samples: int | None = field(default=None, metadata={"help": "Transcribe at most this many rows."})
     device: str = field(default="cpu", metadata={"help": "Device: cpu, cuda, ..."})
@@ -256,43 +295,48 @@ def cmd_pseudo_label(argv: list[str]) -> None:
     from .pseudo_label import pseudo_label
     from .student import load_model
 
-    t_args, a = _parse((TeacherArguments, PseudoLabelArguments), argv, "hf-asr-distill pseudo-label")
+    t_args, a, lang = _parse((TeacherArguments, PseudoLabelArguments, LanguageArguments), argv,
+                             "hf-asr-distill pseudo-label")
+    max_wer = None if a.max_wer.lower() == "none" else float(a.max_wer)
     processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
     teacher = load_model(t_args.teacher).to(torch.device(a.device))
     raw = _limit(load_speech_dataset(a.dataset, a.split, a.audio_column, None), a.max_samples)
     labelled, stats = pseudo_label(teacher, processor, raw, a.audio_column, a.text_column, a.output_column,
-                                   a.max_wer, batch_size=a.batch_size, work_dir=Path(a.output_dir) / "progress")
-    labelled.save_to_disk(str(Path(a.output_dir) / "dataset"))
+                                   max_wer, batch_size=a.batch_size, work_dir=Path(a.output_dir) / "progress",
+                                   timestamps=a.timestamps, num_workers=a.num_workers, **lang.options())
+    if PartialState().is_main_process:
+        labelled.save_to_disk(str(Path(a.output_dir) / "dataset"))
     print(f"kept {stats.kept} of {stats.transcribed} rows ({stats}); saved to {Path(a.output_dir) / 'dataset'}")
 
 
 @dataclass
 class CacheArguments:
-    dataset: str = field(metadata={"help": "The training data (same source and split the distillation uses)."})
     output_dir: str = field(metadata={"help": "Cache directory (re-run to resume an interrupted cache)."})
-    split: str = field(default="train", metadata={"help": "Split to cache."})
-    audio_column: str = field(default="audio", metadata={"help": "Column with the audio."})
-    text_column: str = field(default="text", metadata={"help": "Column with the transcript."})
     k: int = field(default=8, metadata={"help": "Teacher probabilities kept per position (top-k)."})
     temperature: float = field(default=2.0, metadata={"help": "Temperature of the cached probabilities."})
     hidden_layers: str | None = field(
         default=None, metadata={"help": 'Teacher hidden states to keep, JSON: {"decoder": [4]} or {"encoder": [4, 8]}'})
     encoder_outputs: bool = field(default=False, metadata={"help": "Whisper: keep the final encoder output."})
     batch_size: int = field(default=8, metadata={"help": "Teacher batch size."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows."})
+    language: str | None = field(default=None, metadata={"help": "Whisper: as distill --language."})
+    task: str | None = field(default=None, metadata={"help": "Whisper: as distill --task."})
+    seed: int = field(default=42, metadata={"help": "As distill --seed (it picks the rows trained with timestamps)."})
 
 
 def cmd_cache_teacher(argv: list[str]) -> None:
-    """Run the teacher once over the training data and store top-k probabilities / hidden states (resumable)."""
+    """Run the teacher once over the training data and store top-k probabilities / hidden states (resumable).
+
+    The data options are distill's: give the same ones, so the cache matches the rows and labels it will serve."""
     from .cache import cache_size_bytes, cache_teacher, encoder_output_bytes
     from .data import load_speech_dataset, prepare_dataset
     from .student import load_model
 
-    t_args, a = _parse((TeacherArguments, CacheArguments), argv, "hf-asr-distill cache-teacher")
+    t_args, d, a = _parse((TeacherArguments, DataArguments, CacheArguments), argv, "hf-asr-distill cache-teacher")
     processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
     teacher = load_model(t_args.teacher)
-    raw = _limit(load_speech_dataset(a.dataset, a.split, a.audio_column, a.text_column), a.max_samples)
-    dataset, _ = prepare_dataset(raw, processor, teacher, a.audio_column, a.text_column)
+    raw = _limit(load_speech_dataset(d.dataset, d.train_split, d.audio_column, d.text_column), d.max_samples)
+    dataset, _ = prepare_dataset(raw, processor, teacher, language=a.language, task=a.task, seed=a.seed,
+                                 **d.prepare_options())
     if a.encoder_outputs:  # say what it costs before spending it
         print(f"encoder outputs: {encoder_output_bytes(teacher, len(dataset)) / 1e9:.2f} GB on disk (fp16)")
     layers = {k: list(v) for k, v in json.loads(a.hidden_layers).items()} if a.hidden_layers else None

@@ -12,7 +12,8 @@ from transformers import Seq2SeqTrainingArguments
 KD_LOSSES = ("kl", "soft_ce", "reverse_kl", "jsd")
 HIDDEN_LOSSES = ("mse", "l1", "cosine", "l1_cosine")
 PROJECTIONS = ("linear", "mlp", "none")
-TEACHER_DTYPES = ("fp32", "bf16", "fp16")
+TEACHER_DTYPES = ("fp32", "bf16", "fp16", "auto")
+TASKS = ("transcribe", "translate")
 LAYER_MAP_FIELDS = ("hidden_layer_map", "encoder_layer_map", "decoder_layer_map")
 
 
@@ -82,8 +83,9 @@ class DistillationConfig(Seq2SeqTrainingArguments):
         },
     )
     teacher_dtype: str = field(
-        default="fp32",
-        metadata={"help": "Precision the teacher runs in: fp32, bf16 or fp16. Losses are always computed in fp32."},
+        default="auto",
+        metadata={"help": "Precision the teacher runs in: fp32, bf16, fp16, or auto (bf16 on GPUs that support it, "
+                          "else fp32). Losses are always computed in fp32."},
     )
     alpha_hidden: float = field(
         default=0.0, metadata={"help": "Weight of the intermediate-layer (hidden-state) loss; 0 turns it off."}
@@ -119,6 +121,20 @@ class DistillationConfig(Seq2SeqTrainingArguments):
     projection_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the projections (default: learning_rate)."}
     )
+    language: str | None = field(
+        default=None,
+        metadata={"help": "Whisper: the language of the training audio (a code such as 'de', or 'german'); labels, "
+                          "teacher forcing and generation start with its token. Needed for multilingual teachers "
+                          "unless the data has a language column; refused for English-only (.en) ones."},
+    )
+    task: str | None = field(
+        default=None, metadata={"help": "Whisper: 'transcribe' (default) or 'translate' (speech to English text)."}
+    )
+    length_column_name: str = field(
+        default="duration",
+        metadata={"help": "Column with each row's length for group_by_length: prepare_dataset keeps the audio "
+                          "duration (seconds) as `duration`."},
+    )
     share_frozen_encoder: bool = field(
         default=True,
         metadata={
@@ -142,6 +158,8 @@ class DistillationConfig(Seq2SeqTrainingArguments):
         _check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        if self.task is not None:
+            _check_choice("task", self.task, TASKS)
         if self.projection_learning_rate is not None and not self.projection_learning_rate > 0:
             raise ValueError(f"projection_learning_rate must be > 0, got {self.projection_learning_rate}.")
         for name in LAYER_MAP_FIELDS:

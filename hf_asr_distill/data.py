@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,15 +18,16 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from datasets import Audio, Dataset, DatasetDict, load_dataset, load_from_disk
+from accelerate import PartialState
+from datasets import Audio, Dataset, DatasetDict, IterableDataset, concatenate_datasets, load_dataset, load_from_disk
 from transformers import PreTrainedModel
 
-from .families import CTCCollator, Family, WhisperCollator, family_of, pad_labels
+from .families import CTCCollator, Family, Limits, WhisperCollator, family_of, pad_labels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AudioError", "CTCCollator", "FeatureTransform", "PrepareStats", "WhisperCollator", "audio_seconds",
-           "collator_for", "decode_audio", "load_speech_dataset", "normalize_for_vocab", "pad_labels",
+__all__ = ["AudioError", "CTCCollator", "FeatureTransform", "LabelOptions", "PrepareStats", "WhisperCollator",
+           "audio_seconds", "collator_for", "decode_audio", "load_speech_dataset", "normalize_for_vocab", "pad_labels",
            "prepare_dataset"]
 
 
@@ -135,6 +137,11 @@ def audio_seconds(value: Any) -> float:
 
 # ---- preparation -----------------------------------------------------------------------------------------------
 
+# Rows dropped for these reasons are errors (naming the row) unless on_error="skip"; the others are always dropped
+# and counted: audio over the model's window, or too short, is a property of the corpus, not a fault.
+FATAL_REASONS = ("bad_audio", "empty_text", "too_few_frames")
+CHECK_COLUMNS = ("duration", "skip_reason", "skip_message")
+
 
 @dataclass
 class PrepareStats:
@@ -149,49 +156,127 @@ class PrepareStats:
     examples: list[str] = field(default_factory=list)  # the first few skip reasons, naming the rows
 
     def skip(self, reason: str, message: str) -> None:
+        reason = "labels_too_long" if reason == "too_few_frames" else reason
         setattr(self, reason, getattr(self, reason) + 1)
         if len(self.examples) < 5:
             self.examples.append(message)
 
 
-def _check_row(row: dict, index: int, audio_column: str, text_column: str | None, tokenize: Callable,
-               limits: tuple[float, float, int | None], stats: PrepareStats, on_error: str,
-               frames_for: Callable[[float], int] | None = None) -> bool:
-    min_s, max_s, max_tokens = limits
+@dataclass
+class LabelOptions:
+    """How a row's text becomes labels: its language (fixed, or a column of per-row codes), the task, and
+    timestamps for a share of rows that have timestamped text (drawn once per row from `seed`)."""
 
-    def fail(reason: str, message: str) -> bool:
-        if on_error == "raise":
-            raise ValueError(f"row {index}: {message} (pass on_error='skip' to drop such rows and count them)")
-        stats.skip(reason, f"row {index}: {message}")
-        return False
+    language: str | None = None
+    language_column: str | None = None
+    task: str | None = None
+    timestamp_column: str | None = None
+    timestamp_probability: float = 0.0
+    seed: int = 0
+    codes: dict[str, str] | None = None  # accepted names -> the model's codes; None: no language tokens
 
-    if text_column is not None and not str(row[text_column] or "").strip():
-        return fail("empty_text", f"empty transcript for {_source_name(row[audio_column])}")
-    try:
-        seconds = audio_seconds(row[audio_column])
-    except AudioError as err:
-        return fail("bad_audio", str(err))
-    if seconds <= 0:
-        return fail("bad_audio", f"audio {_source_name(row[audio_column])} is empty (0 samples)")
-    if seconds > max_s:
-        stats.skip("too_long", f"row {index}: {seconds:.1f} s > {max_s} s")
-        return False
-    if seconds < min_s:
-        stats.skip("too_short", f"row {index}: {seconds:.2f} s < {min_s} s")
-        return False
-    n_labels = len(tokenize(row[text_column])) if text_column is not None else 0
-    if max_tokens is not None and n_labels > max_tokens:
-        stats.skip("labels_too_long", f"row {index}: more than {max_tokens} label tokens")
-        return False
-    if frames_for is not None and n_labels > frames_for(seconds):
-        return fail("labels_too_long", f"{n_labels} labels but only {frames_for(seconds)} CTC frames for "
-                    f"{_source_name(row[audio_column])}: the CTC loss would be infinite")
-    stats.kept += 1
-    return True
+    def language_of(self, row: dict, where: str) -> str | None:
+        given = row.get(self.language_column) if self.language_column else self.language
+        if given is None or self.codes is None:
+            return given
+        code = self.codes.get(str(given).lower())
+        if code is None:
+            raise ValueError(f"{where}: language {given!r} is unknown to this model; it knows "
+                             f"{', '.join(sorted(set(self.codes.values())))}.")
+        return code
+
+    def timestamped(self, row: dict, example_id: int) -> bool:
+        if not self.timestamp_column or not row.get(self.timestamp_column):
+            return False
+        return random.Random(f"{self.seed}:{example_id}").random() < self.timestamp_probability
+
+    def labels(self, family: Family, processor: Any, row: dict, text_column: str, example_id: int,
+               where: str) -> list[int]:
+        timestamps = self.timestamped(row, example_id)
+        text = row[self.timestamp_column] if timestamps else row[text_column]
+        return family.label_ids(processor, text, self.language_of(row, where), self.task, timestamps)
+
+
+@dataclass
+class RowCheck:
+    """Checks a batch of rows from the audio headers (no decoding) and records each row's duration and, when it is
+    to be dropped, why. Picklable, so `datasets` can run it with `num_proc` and cache it by fingerprint."""
+
+    family: Family
+    processor: Any
+    audio_column: str
+    text_column: str | None
+    options: LabelOptions
+    limits: Limits
+    min_seconds: float = 0.0
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {"duration": [], "skip_reason": [], "skip_message": [], "example_id": []}
+        for j, index in enumerate(indices):
+            row = {k: v[j] for k, v in batch.items()}
+            example_id = int(row["example_id"]) if row.get("example_id") is not None else index
+            seconds, reason, message = self.check(row, index, example_id)
+            for key, value in zip(out, (seconds, reason, message, example_id)):
+                out[key].append(value)
+        return out
+
+    def check(self, row: dict, index: int, example_id: int) -> tuple[float, str, str]:
+        """(duration, reason, message); reason '' keeps the row."""
+        name = _source_name(row[self.audio_column])
+        if self.text_column is not None and not str(row[self.text_column] or "").strip():
+            return 0.0, "empty_text", f"row {index}: empty transcript for {name}"
+        try:
+            seconds = audio_seconds(row[self.audio_column])
+        except AudioError as err:
+            return 0.0, "bad_audio", f"row {index}: {err}"
+        if seconds <= 0:
+            return 0.0, "bad_audio", f"row {index}: audio {name} is empty (0 samples)"
+        if seconds > self.limits.max_seconds:
+            return seconds, "too_long", f"row {index}: {seconds:.1f} s > {self.limits.max_seconds} s"
+        if seconds < self.min_seconds:
+            return seconds, "too_short", f"row {index}: {seconds:.2f} s < {self.min_seconds} s"
+        if self.text_column is None:
+            return seconds, "", ""
+        labels = self.options.labels(self.family, self.processor, row, self.text_column, example_id, f"row {index}")
+        if self.limits.max_label_tokens is not None and len(labels) > self.limits.max_label_tokens:
+            return seconds, "labels_too_long", f"row {index}: more than {self.limits.max_label_tokens} label tokens"
+        if self.limits.frames_for is not None:
+            needed, frames = self.limits.frames_needed(labels), self.limits.frames_for(seconds)
+            if needed > frames:
+                return seconds, "too_few_frames", (
+                    f"row {index}: {len(labels)} labels but only {frames} CTC frames for {name} ({needed} needed: one "
+                    "per label and a blank between repeated labels): the CTC loss would be infinite")
+        return seconds, "", ""
+
+
+def _raise_or_count(reason: str, message: str, on_error: str, stats: PrepareStats) -> None:
+    if reason in FATAL_REASONS and on_error == "raise":
+        raise ValueError(f"{message} (pass on_error='skip' to drop such rows and count them)")
+    stats.skip(reason, message)
+
+
+def _label_options(family: Family, model: PreTrainedModel, ds: Any, text_column: str | None,
+                   options: LabelOptions) -> LabelOptions:
+    """Check language, task and timestamp settings against the model (and, for map-style data, every language in
+    the column) before any row is read."""
+    columns = ds.column_names  # None for some streams, whose columns are known only when read
+    for name, column in (("language_column", options.language_column), ("timestamp_column", options.timestamp_column)):
+        if column is not None and columns is not None and column not in columns:
+            raise ValueError(f"{name}={column!r} is not a column of the dataset; its columns are {columns}.")
+    if not 0 <= options.timestamp_probability <= 1:
+        raise ValueError(f"timestamp_probability must be in [0, 1], got {options.timestamp_probability}.")
+    options.codes = family.language_codes(model, options.language, options.language_column, options.task)
+    if options.codes is not None and options.language_column is not None and isinstance(ds, Dataset):
+        unknown = sorted({str(v) for v in ds.unique(options.language_column)} - set(options.codes),
+                         key=str)
+        if unknown:
+            raise ValueError(f"language_column {options.language_column!r} holds languages this model does not know: "
+                             f"{unknown}; it knows {', '.join(sorted(set(options.codes.values())))}.")
+    return options
 
 
 def prepare_dataset(
-    ds: Dataset,
+    ds: Dataset | IterableDataset,
     processor: Any,
     model: PreTrainedModel,
     audio_column: str = "audio",
@@ -200,58 +285,162 @@ def prepare_dataset(
     min_seconds: float = 0.0,
     max_label_tokens: int | None = None,
     on_error: str = "raise",
-) -> tuple[Dataset, PrepareStats]:
-    """Check and filter every row up front, then extract features lazily (`set_transform`) at batch time.
+    language: str | None = None,
+    language_column: str | None = None,
+    task: str | None = None,
+    timestamp_column: str | None = None,
+    timestamp_probability: float = 0.0,
+    long_form: bool = False,
+    num_proc: int | None = None,
+    seed: int = 0,
+) -> tuple[Dataset | IterableDataset, PrepareStats]:
+    """Check and filter every row, keep its duration, then extract features lazily at batch time.
 
-    The model's family sets the default limits (Whisper: at most 30 s of audio and 448 label tokens; CTC: enough
-    output frames for the labels). Bad rows (unreadable or empty audio, empty transcript) raise a `ValueError`
-    naming the row, or with `on_error="skip"` are dropped and counted in the returned `PrepareStats`. Features are
-    never materialised: a large dataset is not held in memory.
+    The model's family sets the default limits (Whisper: 30 s of audio and 448 label tokens; CTC: enough output
+    frames for the labels, a blank between repeated labels counted). Bad rows (unreadable or empty audio, empty
+    transcript, labels CTC cannot align) raise a `ValueError` naming the row, or with `on_error="skip"` are dropped
+    and counted in the returned `PrepareStats`; audio outside the length limits is always dropped and counted.
+
+    Map-style datasets are checked with `datasets.map` (audio headers only, `num_proc` processes, cached by
+    fingerprint, run by the main process first under `accelerate launch`) and filtered through an index, so the
+    audio is never rewritten; the `duration` column (seconds) serves `group_by_length`. An `IterableDataset`
+    (streaming) is checked as it streams: bad rows raise naming the row, or are skipped and counted.
+
+    Whisper: `language` (a code such as "de", for every row) or `language_column` (per-row codes) and `task`
+    ("transcribe"/"translate") make the label prompt `<|startoftranscript|><|de|><|transcribe|><|notimestamps|>`,
+    which teacher forcing and generation then share; multilingual models need one of them, English-only ones take
+    neither. `timestamp_probability` of the rows with text in `timestamp_column` (e.g. pseudo-labels with
+    `<|0.00|>` tokens) train with timestamps. `long_form=True` (evaluation) keeps audio over 30 s whole.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} is not supported; choose one of raise, skip.")
     family = family_of(model)
-    defaults = family.limits(model, processor)
-    max_seconds = max_seconds if max_seconds is not None else defaults.max_seconds
-    max_label_tokens = max_label_tokens if max_label_tokens is not None else defaults.max_label_tokens
+    # the seed matters only where it draws the rows trained with timestamps (and so changes the fingerprint)
+    options = _label_options(family, model, ds, text_column, LabelOptions(
+        language, language_column, task, timestamp_column, timestamp_probability,
+        seed if timestamp_column and timestamp_probability else 0))
+    limits = family.limits(model, processor)
+    limits = replace(limits, max_seconds=max_seconds if max_seconds is not None else (
+        float("inf") if long_form else limits.max_seconds),
+        max_label_tokens=max_label_tokens if max_label_tokens is not None else limits.max_label_tokens)
+    check = RowCheck(family, processor, audio_column, text_column, options, limits, min_seconds)
+    transform = FeatureTransform(processor, family, audio_column, text_column, options, long_form)
+    if isinstance(ds, IterableDataset):
+        return _prepare_stream(ds, check, transform, on_error)
+    return _prepare_map_style(ds, check, transform, on_error, num_proc)
+
+
+def _prepare_map_style(ds: Dataset, check: RowCheck, transform: "FeatureTransform", on_error: str,
+                       num_proc: int | None) -> tuple[Dataset, PrepareStats]:
+    if len(ds) == 0:
+        raise ValueError("The dataset has no rows.")
+    needed = [c for c in (check.audio_column, check.text_column, check.options.language_column,
+                          check.options.timestamp_column, "example_id") if c is not None and c in ds.column_names]
+    old = [c for c in CHECK_COLUMNS if c in ds.column_names]  # a dataset prepared before: checked again
+    ds = ds.remove_columns(old) if old else ds
+    with PartialState().main_process_first():
+        # Only the new columns are written: the audio (paths or embedded bytes) is read, never copied.
+        checked = ds.select_columns(needed).map(check, batched=True, with_indices=True, num_proc=num_proc,
+                                                remove_columns=needed, desc="checking rows")
     stats = PrepareStats()
-    limits = (min_seconds, max_seconds, max_label_tokens)
-    keep = [
-        _check_row(row, i, audio_column, text_column, lambda t: family.label_ids(processor, t), limits, stats,
-                   on_error, defaults.frames_for)
-        for i, row in enumerate(ds)
-    ]
-    ds = ds.select([i for i, ok in enumerate(keep) if ok])
-    if "example_id" not in ds.column_names:  # the key of cached teacher outputs
-        ds = ds.add_column("example_id", list(range(len(ds))))
+    skipped = checked.filter(lambda reason: bool(reason), input_columns="skip_reason")  # usually a few rows
+    for reason, message in zip(skipped["skip_reason"], skipped["skip_message"]):
+        _raise_or_count(reason, message, on_error, stats)
+    if "example_id" in ds.column_names:
+        ds = ds.remove_columns("example_id")
+    ds = concatenate_datasets([ds, checked], axis=1)
+    with PartialState().main_process_first():
+        ds = ds.filter(lambda reason: not reason, input_columns="skip_reason", num_proc=num_proc,
+                       desc="dropping skipped rows")
+    ds = ds.remove_columns(["skip_reason", "skip_message"])
+    stats.kept = len(ds)
     if len(ds) == 0:
         raise ValueError(f"No rows left after filtering: {stats}. Check max_seconds/max_label_tokens and the audio.")
-    if stats.kept < len(keep):
-        logger.warning("prepare_dataset kept %d of %d rows: %s", stats.kept, len(keep), stats)
-    ds.set_transform(FeatureTransform(processor, family, audio_column, text_column))
+    if stats.kept < len(checked):
+        logger.warning("prepare_dataset kept %d of %d rows: %s", stats.kept, len(checked), stats)
+    ds.set_transform(transform)
     return ds, stats
+
+
+def _prepare_stream(ds: IterableDataset, check: RowCheck, transform: "FeatureTransform",
+                    on_error: str) -> tuple[IterableDataset, PrepareStats]:
+    stats = PrepareStats()
+
+    def keep(reason: str, message: str) -> bool:
+        if not reason:
+            stats.kept += 1
+            return True
+        _raise_or_count(reason, message, on_error, stats)
+        if sum(getattr(stats, f) for f in ("too_long", "too_short", "labels_too_long", "bad_audio",
+                                             "empty_text")) <= 5:
+            logger.warning("skipped %s", message)
+        return False
+
+    ds = ds.map(check, batched=True, with_indices=True)
+    ds = ds.filter(keep, input_columns=["skip_reason", "skip_message"])
+    return ds.map(transform, batched=True, remove_columns=["skip_reason", "skip_message"]), stats
 
 
 @dataclass
 class FeatureTransform:
-    """Decode, resample and extract features for a batch of rows; tokenise the transcripts into `labels`."""
+    """Decode, resample and extract features for a batch of rows; turn the transcripts into `labels`."""
 
     processor: Any
     family: Family
     audio_column: str = "audio"
     text_column: str | None = "text"
+    options: LabelOptions = field(default_factory=LabelOptions)
+    long_form: bool = False
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self.audio_column not in batch:  # a column read on its own (e.g. `duration` for group_by_length)
+            return batch
         rate = self.processor.feature_extractor.sampling_rate
         audio = [decode_audio(value, rate) for value in batch[self.audio_column]]
-        out = self.family.features(self.processor, audio, rate)
+        out = self.family.features(self.processor, audio, rate, self.long_form)
         out["audio_seconds"] = [len(a) / rate for a in audio]
+        rows = [{k: v[j] for k, v in batch.items()} for j in range(len(audio))]
+        ids = [int(r["example_id"]) if r.get("example_id") is not None else j for j, r in enumerate(rows)]
         if "example_id" in batch:
             out["example_id"] = list(batch["example_id"])
+        if self.options.language_column or self.options.language:
+            out["language"] = [self.options.language_of(r, f"example {i}") for r, i in zip(rows, ids)]
         if self.text_column is not None:
             out["text"] = list(batch[self.text_column])
-            out["labels"] = [self.family.label_ids(self.processor, text) for text in out["text"]]
+            out["labels"] = [self.options.labels(self.family, self.processor, r, self.text_column, i, f"example {i}")
+                             for r, i in zip(rows, ids)]
         return out
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Rows `indices` of a dataset, each through `transform` (audio decoded in the DataLoader's workers)."""
+
+    def __init__(self, dataset: Any, indices: list[int], transform: Callable | None) -> None:
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        index = self.indices[position]
+        row = self.dataset[index]
+        if self.transform is not None:
+            row = {k: v[0] for k, v in self.transform({k: [v] for k, v in row.items()}).items()}
+        return {**row, "_index": index}
+
+
+def row_loader(dataset: Any, indices: list[int], transform: Callable | None, collate: Callable, batch_size: int,
+               num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of the rows `indices` as `(indices, batch)`: decoding and feature extraction run in `num_workers`
+    DataLoader workers, so a teacher pass never waits on audio. `batch["max_seconds"]` is the longest row."""
+
+    def collate_rows(rows: list[dict]) -> tuple[list[int], dict]:
+        batch = collate(rows)
+        batch["max_seconds"] = max(r["audio_seconds"] for r in rows)
+        return [r["_index"] for r in rows], batch
+
+    return torch.utils.data.DataLoader(_Rows(dataset, indices, transform), batch_size=batch_size,
+                                       num_workers=num_workers, collate_fn=collate_rows)
 
 
 def normalize_for_vocab(text: str, tokenizer: Any) -> str:

@@ -50,6 +50,17 @@ def _shrunk_config(teacher_config: PretrainedConfig, shrink: dict[str, Any]) -> 
     return config
 
 
+def _no_inherited_layerdrop(config: PretrainedConfig, shrink: dict[str, Any]) -> None:
+    """Turn off layerdrop copied from the teacher (wav2vec2-base-960h has 0.1): a student that drops layers at random
+    cannot have them matched to teacher layers, and a 2-layer student has few to spare. Asked for explicitly, it
+    stays."""
+    for name in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop"):
+        if getattr(config, name, 0) > 0 and name not in shrink:
+            logger.info("make_student: %s=%s copied from the teacher set to 0.0 (pass %s=... to keep one)",
+                        name, getattr(config, name), name)
+            setattr(config, name, 0.0)
+
+
 def _copy_weights(teacher: PreTrainedModel, student: PreTrainedModel, layer_map: LayerMap) -> tuple[int, int]:
     """Copy every teacher tensor whose (layer-remapped) name and shape match; the rest keeps its fresh init."""
     teacher_state = teacher.state_dict()
@@ -96,6 +107,8 @@ def make_student(
     if student_config is not None and shrink:
         raise ValueError("Pass either student_config or shrink options such as decoder_layers=2, not both.")
     config = copy.deepcopy(student_config) if student_config is not None else _shrunk_config(teacher.config, shrink)
+    if student_config is None:
+        _no_inherited_layerdrop(config, shrink)
     student = type(teacher)(config)
     teacher_counts, student_counts = family.layer_counts(teacher.config), family.layer_counts(config)
     layer_map = {

@@ -24,6 +24,15 @@ logger = logging.getLogger(__name__)
 TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def teacher_dtype(name: str, use_cpu: bool = False) -> torch.dtype:
+    """The teacher's precision: the named one, or for "auto" bf16 on a GPU that supports it (a frozen teacher loses
+    nothing measurable there and runs 3-4x faster) and fp32 elsewhere (CPUs gain little from bf16)."""
+    if name != "auto":
+        return TEACHER_DTYPES[name]
+    bf16 = not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if bf16 else torch.float32
+
+
 def check_pair(teacher: PreTrainedModel, student: PreTrainedModel, args: Any) -> Family:
     """Refuse teacher/student pairs that cannot be distilled; return their family."""
     t_family, s_family = family_of(teacher), family_of(student)

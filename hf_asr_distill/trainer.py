@@ -24,8 +24,7 @@ from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS, align_time, masked_mean, maske
 from .model_card import RECORD_FILE, distillation_record, push_trainer, trainer_card
 from .projection import PROJECTIONS_FILE, ProjectionSteps, build_projections, projection_key, resolve_layer_maps
 from .student import load_model
-from .teacher import (TEACHER_DTYPES, check_backend, check_pair, freeze, place_teacher, shares_encoder,
-                      zero_stage)
+from .teacher import check_backend, check_pair, freeze, place_teacher, shares_encoder, teacher_dtype, zero_stage
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class DistillationTrainer(Seq2SeqTrainer):
             raise ValueError("teacher_model= is needed for output-layer or hidden-state KD (alpha_kd/alpha_hidden "
                              "> 0) and for a teacher cache. Training on pseudo-labels alone needs no teacher.")
         if isinstance(teacher_model, str):
-            teacher_model = load_model(teacher_model, dtype=TEACHER_DTYPES[args.teacher_dtype])
+            teacher_model = load_model(teacher_model, dtype=teacher_dtype(args.teacher_dtype, args.use_cpu))
         self.family = check_pair(teacher_model, model, args) if teacher_model is not None else family_of(model)
         super().__init__(model=model, args=args, **kwargs)
         check_backend(args, deepspeed=self.is_deepspeed_enabled, fsdp=self.is_fsdp_enabled)
@@ -69,6 +68,8 @@ class DistillationTrainer(Seq2SeqTrainer):
         self.model_accepts_loss_kwargs = True
         if self.processing_class is not None:
             self.family.check_processor(self.model, self.processing_class)
+        # the student generates as it was trained: in its language, for its task (saved in its generation config)
+        self.family.set_generation_defaults(self.model, args.language, args.task)
         self._setup_teacher(teacher_model, teacher_cache)
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         logger.info("Distillation: family=%s shared encoder=%s layer maps=%s", self.family.name, self.share_encoder,
@@ -83,7 +84,8 @@ class DistillationTrainer(Seq2SeqTrainer):
         if teacher_model is None:  # sequence-level KD only: the targets are the teacher's transcripts
             self.teacher_runner = None
         elif teacher_cache is None:
-            self.teacher_runner = place_teacher(teacher_model, self.accelerator, TEACHER_DTYPES[args.teacher_dtype])
+            self.teacher_runner = place_teacher(teacher_model, self.accelerator, teacher_dtype(args.teacher_dtype,
+                                                                                            args.use_cpu))
         else:  # only checked against the cache (made in its own dtype), never run: it stays on the CPU, uncast
             self.teacher_runner = freeze(teacher_model)
         self.teacher = self.accelerator.unwrap_model(self.teacher_runner) if self.teacher_runner is not None else None
@@ -261,9 +263,11 @@ class DistillationTrainer(Seq2SeqTrainer):
             if "labels" in inputs and self._teacher_terms(model):
                 with torch.no_grad():
                     self.compute_loss(model, inputs)
-            labels = {"labels": inputs["labels"]} if "labels" in inputs else {}
+            batch, labels = inputs, {"labels": inputs["labels"]} if "labels" in inputs else {}
             inputs = {k: v for k, v in self.family.model_inputs(unwrapped, inputs).items() if k != "decoder_input_ids"}
             inputs.update(labels)
+            gen_kwargs = {**(gen_kwargs or getattr(self, "_gen_kwargs", {})),
+                           **self.family.generation_options(unwrapped, batch)}
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
         if logits is not None and not generating:
             logits = self.family.evaluation_logits(unwrapped, inputs, logits)

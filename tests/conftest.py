@@ -159,3 +159,87 @@ def tiny_real_whisper(processor, decoder_layers: int = 4, seed: int = 0):
         no_timestamps_token_id=notimestamps, is_multilingual=False, max_length=64, forced_decoder_ids=None,
     )
     return model
+
+
+# ---- teachers from the stock configurations (the config classes' defaults are the real checkpoints' flags) --------
+
+from pathlib import Path  # noqa: E402
+
+MULTILINGUAL = Path(__file__).parent / "assets" / "whisper-multilingual"
+STOCK_SIZES = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                   conv_dim=(32,) * 7, num_conv_pos_embeddings=16)
+# facebook/wav2vec2-base-960h's character vocabulary (32 symbols, upper case, "|" between words)
+BASE_960H_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
+
+
+def multilingual_processor(folder):
+    """The real multilingual Whisper tokenizer (51,865 tokens, 99 languages) with the stock 80-mel extractor."""
+    import lzma
+    import shutil
+
+    from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_bytes(lzma.open(MULTILINGUAL / "tokenizer.json.xz").read())
+    shutil.copy(MULTILINGUAL / "tokenizer_config.json", folder)
+    return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(),
+                            tokenizer=WhisperTokenizer.from_pretrained(folder))
+
+
+def stock_whisper(encoder_layers: int = 2, decoder_layers: int = 4, seed: int = 0):
+    """openai/whisper-base's configuration and generation config (multilingual, 80 mels, 30 s windows, its special
+    token ids) with only the sizes shrunk; alignment heads in layers 2 and 3 of the decoder."""
+    import json
+
+    from transformers import GenerationConfig
+
+    torch.manual_seed(seed)
+    base = json.loads((MULTILINGUAL / "config.json").read_text())
+    config = WhisperConfig(**{**base, "d_model": 32, "encoder_layers": encoder_layers,
+                              "decoder_layers": decoder_layers, "encoder_attention_heads": 2,
+                              "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64})
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig.from_pretrained(MULTILINGUAL)
+    model.generation_config.alignment_heads = [[2, 0], [decoder_layers - 1, 1]]
+    return model
+
+
+def stock_ctc(config_class, seed: int = 0, **overrides):
+    """A CTC model from a config class's defaults (wav2vec2-base-960h, hubert-base, wavlm-base,
+    data2vec-audio-base flags: layerdrop 0.1, SpecAugment, group-norm front-end, ...) with only sizes shrunk."""
+    from transformers import AutoModelForCTC
+
+    torch.manual_seed(seed)
+    return AutoModelForCTC.from_config(config_class(**{**STOCK_SIZES, **overrides})).eval()
+
+
+def base_960h_processor(folder):
+    """A Wav2Vec2Processor like wav2vec2-base-960h's: 32 upper-case characters, no attention mask."""
+    import json
+
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2Processor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(BASE_960H_VOCAB)}))
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
+    return Wav2Vec2Processor(feature_extractor=Wav2Vec2FeatureExtractor(), tokenizer=tokenizer)
+
+
+def write_speech_corpus(folder, texts, seconds=None, rate=16000, seed=0, **columns):
+    """An audiofolder of noise clips with the given transcripts (and extra metadata columns, one value per row)."""
+    import csv
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, text in enumerate(texts):
+        length = seconds[i] if seconds is not None else 1.0 + 0.1 * (i % 5)
+        sf.write(folder / f"clip{i}.wav", 0.1 * rng.standard_normal(int(rate * length)), rate)
+        rows.append({"file_name": f"clip{i}.wav", "text": text, **{k: v[i] for k, v in columns.items()}})
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder

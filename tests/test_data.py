@@ -103,7 +103,9 @@ def test_duration_filter_and_lazy_features(tmp_path):
     ds = load_speech_dataset(str(write_corpus(tmp_path / "c", n=6)))
     prepared, stats = prepare_dataset(ds, processor, tiny_ctc(), max_seconds=0.15)
     assert stats.too_long == 3 and len(prepared) == 3
-    assert set(prepared.column_names) == {"audio", "text", "example_id"}  # features are computed on access
+    # features are computed on access; the duration measured by the check is kept (for group_by_length)
+    assert set(prepared.column_names) == {"audio", "text", "example_id", "duration"}
+    assert prepared.with_format(None)["duration"] == pytest.approx([0.1, 0.12, 0.14])
     assert len(prepared[2]["input_values"]) == int(16000 * 0.14)
 
 

@@ -75,7 +75,9 @@ def test_whisper_pseudo_labels_train_a_ctc_student(tmp_path):
     processor = whisper_processor(tmp_path / "tok")
     teacher = tiny_real_whisper(processor)
     ds = load_speech_dataset(str(write_corpus(tmp_path / "c", n=6)))
-    labelled, _ = pseudo_label(teacher, processor, ds, progress=False, generate_kwargs={"max_new_tokens": 6})
+    # max_wer=None: every row is kept (an untrained teacher would fail the default 10 % filter on all of them)
+    labelled, _ = pseudo_label(teacher, processor, ds, progress=False, generate_kwargs={"max_new_tokens": 6},
+                               max_wer=None)
     ctc = ctc_processor(tmp_path)
     labelled = labelled.map(lambda r: {"pseudo_text": normalize_for_vocab(r["pseudo_text"], ctc.tokenizer) or "a"})
     student = tiny_ctc(num_hidden_layers=2)

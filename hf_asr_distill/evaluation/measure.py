@@ -81,9 +81,11 @@ class PeakMemory:
 
 
 @torch.inference_mode()
-def transcribe_batch(model: PreTrainedModel, processor: Any, batch: dict, generate_kwargs: dict | None = None) -> list[str]:
-    """Greedy transcription of one collated batch, as the model's family does it (Whisper `generate`, CTC argmax)."""
-    return family_of(model).transcribe(model, processor, batch, generate_kwargs)
+def transcribe_batch(model: PreTrainedModel, processor: Any, batch: dict, generate_kwargs: dict | None = None,
+                     timestamps: bool = False) -> list[str]:
+    """Greedy transcription of one collated batch, as the model's family does it (Whisper `generate`, CTC argmax);
+    `timestamps` keeps Whisper's timestamp tokens in the text."""
+    return family_of(model).transcribe(model, processor, batch, generate_kwargs, timestamps)
 
 
 @dataclass
@@ -99,19 +101,30 @@ class ModelResult:
     peak_memory_mb: float
     batch_size: int
     speedup: float = 1.0
+    long_form: int = 0  # rows longer than the model's window, decoded as long-form audio
     predictions: list[str] = field(default_factory=list, repr=False)
 
 
-def _batches(model: PreTrainedModel, processor: Any, dataset: Any, batch_size: int) -> tuple[list[dict], list[str], float]:
+def _batches(model: PreTrainedModel, processor: Any, rows: list[dict], batch_size: int) -> list[dict]:
+    """Collated batches; rows longer than the family's training window (Whisper: 30 s) each make a batch of their
+    own, decoded long-form."""
     collate = collator_for(processor, model)
-    rows = [dataset[i] for i in range(len(dataset))]  # features once: extraction is not part of the timed work
+    window = family_of(model).limits(model, processor).max_seconds
+    short = [r for r in rows if r["audio_seconds"] <= window]
+    chunks = [short[i: i + batch_size] for i in range(0, len(short), batch_size)]
+    chunks += [[r] for r in rows if r["audio_seconds"] > window]
     batches = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
+    for chunk in chunks:
         batch = collate(chunk)
         batch["max_seconds"] = max(r["audio_seconds"] for r in chunk)
         batches.append(batch)
-    return batches, [r["text"] for r in rows], float(sum(r["audio_seconds"] for r in rows))
+    return batches
+
+
+def _batch_order(rows: list[dict], window: float) -> list[int]:
+    """Row indices in the order `_batches` decodes them: rows within the window first, long-form rows last."""
+    return ([i for i, r in enumerate(rows) if r["audio_seconds"] <= window]
+            + [i for i, r in enumerate(rows) if r["audio_seconds"] > window])
 
 
 def evaluate_model(
@@ -126,11 +139,20 @@ def evaluate_model(
     english: bool = True,
     progress: bool = True,
 ) -> ModelResult:
-    """Transcribe `dataset` (prepared by `prepare_dataset`), score it, and time it (best of `repeats` passes)."""
+    """Transcribe `dataset` (prepared by `prepare_dataset`), score it, and time it (best of `repeats` passes).
+
+    Rows with a `language` (prepared with `language=`/`language_column=`) are generated in their language,
+    normalised for it, and scored per language too (`scores["per_language"]`). Audio longer than the model's
+    window (prepared with `long_form=True`) is decoded long-form, one row at a time, and counted in `long_form`.
+    """
     from tqdm.auto import tqdm
 
     model.eval()
-    batches, references, audio_seconds = _batches(model, processor, dataset, batch_size)
+    rows = [dataset[i] for i in range(len(dataset))]  # features once: extraction is not part of the timed work
+    window = family_of(model).limits(model, processor).max_seconds
+    order = _batch_order(rows, window)
+    batches = _batches(model, processor, [rows[i] for i in order], batch_size)
+    audio_seconds = float(sum(r["audio_seconds"] for r in rows))
     for _ in range(warmup):
         transcribe_batch(model, processor, batches[0], generate_kwargs)
     best, predictions, peak = float("inf"), [], 0
@@ -143,12 +165,18 @@ def evaluate_model(
                 torch.cuda.synchronize(model.device)
             elapsed = time.perf_counter() - start
         best, peak = min(best, elapsed), max(peak, memory.peak)
-        predictions = predictions or [t for batch in texts for t in batch]
-    scores = asr_scores(predictions, references, text_normalizer(processor.tokenizer, english))
+        if not predictions:  # back to the dataset's order
+            decoded = [t for batch in texts for t in batch]
+            predictions = [""] * len(rows)
+            for position, index in enumerate(order):
+                predictions[index] = decoded[position]
+    languages = [r["language"] for r in rows] if rows[0].get("language") is not None else None
+    scores = asr_scores(predictions, [r["text"] for r in rows], text_normalizer(processor.tokenizer, english),
+                        languages=languages, tokenizer=processor.tokenizer)
     return ModelResult(
         name=name, params=count_parameters(model), size_bytes=size_on_disk(model), scores=scores,
-        latency_ms=1000 * best / len(references), rtfx=audio_seconds / best, peak_memory_mb=peak / 2**20,
-        batch_size=batch_size, predictions=predictions,
+        latency_ms=1000 * best / len(rows), rtfx=audio_seconds / best, peak_memory_mb=peak / 2**20,
+        batch_size=batch_size, long_form=sum(r["audio_seconds"] > window for r in rows), predictions=predictions,
     )
 
 

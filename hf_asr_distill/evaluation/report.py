@@ -7,7 +7,9 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from ..families import family_of
 from .measure import ModelResult
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,34 @@ def report_table(results: list[ModelResult]) -> str:
             f"| {r.scores['runaway']} | {r.latency_ms:.1f} | {r.rtfx:.1f} | {r.speedup:.2f}x |"
         )
     return "\n".join(lines)
+
+
+def language_table(results: list[ModelResult]) -> str:
+    """Markdown table of WER (CER) per language, one row per model; empty when the set has no languages."""
+    languages = sorted({lang for r in results for lang in r.scores.get("per_language", {})})
+    if not languages:
+        return ""
+    lines = ["| model | " + " | ".join(f"{lang} WER % (CER %)" for lang in languages) + " |",
+             "|---|" + "---:|" * len(languages)]
+    for r in results:
+        cells = []
+        for lang in languages:
+            score = r.scores.get("per_language", {}).get(lang)
+            cells.append(f"{100 * score['wer']:.2f} ({100 * score['cer']:.2f})" if score else "-")
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_meta(results: list[ModelResult], model: Any, utterances: int, **extra: Any) -> dict:
+    """What the report says about the set: utterances, languages, and how long audio was decoded."""
+    meta = {"utterances": utterances, **extra}
+    languages = sorted({lang for r in results for lang in r.scores.get("per_language", {})})
+    if languages:
+        meta["languages"] = languages
+    long_form = max((r.long_form for r in results), default=0)
+    if long_form:
+        meta["long_form"] = {"rows": long_form, "method": family_of(model).long_form_method}
+    return meta
 
 
 def plot_report(results: list[ModelResult], path: str | Path) -> bool:
@@ -64,7 +94,13 @@ def write_report(results: list[ModelResult], output_dir: str | Path, meta: dict 
     payload = {"meta": meta or {}, "results": [{k: v for k, v in asdict(r).items() if k != "predictions"}
                                                for r in results]}
     paths["json"].write_text(json.dumps(payload, indent=2))
-    paths["md"].write_text(report_table(results) + "\n")
+    text = report_table(results)
+    if language_table(results):
+        text += "\n\nPer language:\n\n" + language_table(results)
+    long_form = (meta or {}).get("long_form")
+    if long_form:
+        text += f"\n\n{long_form['rows']} recordings over the training window were decoded with {long_form['method']}."
+    paths["md"].write_text(text + "\n")
     if not plot_report(results, paths["png"]):
         del paths["png"]
     return paths

@@ -32,9 +32,12 @@ def pad_labels(labels: list[list[int]]) -> torch.Tensor:
 
 
 def with_example_ids(batch: dict, rows: list[dict[str, Any]]) -> dict:
-    """Carry `example_id` (the key of cached teacher outputs) into the batch when the rows have it."""
+    """Carry `example_id` (the key of cached teacher outputs) and `language` (per-row codes, for generation and
+    per-language scores) into the batch when the rows have them."""
     if "example_id" in rows[0]:
         batch["example_id"] = torch.tensor([int(r["example_id"]) for r in rows])
+    if rows[0].get("language") is not None:
+        batch["language"] = [r["language"] for r in rows]
     return batch
 
 
@@ -45,6 +48,7 @@ class Limits:
     max_seconds: float
     max_label_tokens: int | None
     frames_for: Callable[[float], int] | None = None  # output frames of `seconds` of audio, when labels need them
+    frames_needed: Callable[[list[int]], int] | None = None  # output frames a label sequence needs
 
 
 class Family:
@@ -61,6 +65,7 @@ class Family:
     hard_loss_per_token: bool = True  # hard_loss is a sum over label tokens (else a per-batch mean)
     separate_encoder: bool = False  # an encoder whose output a teacher may reuse (and a cache may store)
     depth_option: str = ""  # the make_student option a single "student layers" number means (the demo's)
+    long_form_method: str = ""  # how audio longer than the training window is decoded (said in reports)
 
     # ---- identity and shape ------------------------------------------------------------------------------------
 
@@ -90,12 +95,23 @@ class Family:
         """The default limits of a training row for this model."""
         raise NotImplementedError
 
-    def label_ids(self, processor: Any, text: str) -> list[int]:
-        """Token ids the model is trained to produce for `text`."""
+    def language_codes(self, model: PreTrainedModel, language: str | None, language_column: str | None,
+                       task: str | None) -> dict[str, str] | None:
+        """Check language and task settings against the model before any work. Returns the language names and
+        codes the model's labels accept (name -> code), or None when the labels carry no language (then a language
+        only chooses the text normaliser). Default: no language tokens, transcription only."""
+        if task not in (None, "transcribe"):
+            raise ValueError(f"task={task!r}: {self.title} models only transcribe.")
+        return None
+
+    def label_ids(self, processor: Any, text: str, language: str | None = None, task: str | None = None,
+                  timestamps: bool = False) -> list[int]:
+        """Token ids the model is trained to produce for `text` (in `language`, for `task`, with timestamps)."""
         return processor.tokenizer(text).input_ids
 
-    def features(self, processor: Any, audio: list, sampling_rate: int) -> dict[str, list]:
-        """Model inputs for a list of waveforms (one entry per row, unpadded)."""
+    def features(self, processor: Any, audio: list, sampling_rate: int, long_form: bool = False) -> dict[str, list]:
+        """Model inputs for a list of waveforms (one entry per row, unpadded). `long_form`: rows longer than the
+        model's window keep their full length (evaluation), rather than being refused (training)."""
         extractor = processor.feature_extractor
         return {self.feature_key: list(extractor(audio, sampling_rate=sampling_rate)[self.feature_key])}
 
@@ -149,9 +165,21 @@ class Family:
     # ---- transcription and evaluation ----------------------------------------------------------------------------
 
     def transcribe(self, model: PreTrainedModel, processor: Any, batch: dict[str, Any],
-                   generate_kwargs: dict | None = None) -> list[str]:
-        """Greedy transcripts of one collated batch."""
+                   generate_kwargs: dict | None = None, timestamps: bool = False) -> list[str]:
+        """Greedy transcripts of one collated batch (with timestamp tokens in the text when `timestamps`)."""
         raise NotImplementedError
+
+    def set_generation_defaults(self, model: PreTrainedModel, language: str | None, task: str | None) -> None:
+        """Make `language` and `task` the model's own defaults for generation (and for the pipeline)."""
+        self.language_codes(model, language, None, task)
+
+    def generation_options(self, model: PreTrainedModel, batch: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments `generate` needs for this batch (e.g. per-row languages); none by default."""
+        return {}
+
+    def languages_of_labels(self, tokenizer: Any, label_ids: Any) -> list[str] | None:
+        """Each row's language, when the labels carry it (None: they do not)."""
+        return None
 
     def decode_predictions(self, tokenizer: Any, predictions: Any, label_ids: Any) -> tuple[list[str], list[str]]:
         """Texts of the Trainer's evaluation predictions and of their labels (for `compute_metrics`)."""

@@ -38,6 +38,30 @@ class CTCCollator:
         return with_example_ids(batch, features)
 
 
+@dataclass
+class ConvFrames:
+    """Output frames of `seconds` of audio through the conv front-end (and adapter), from the config alone: the
+    formula of `_get_feat_extract_output_lengths`, kept picklable for `datasets.map(num_proc=...)`."""
+
+    sampling_rate: int
+    kernels: tuple[int, ...]
+    strides: tuple[int, ...]
+
+    @classmethod
+    def of(cls, config: PretrainedConfig, sampling_rate: int) -> "ConvFrames":
+        kernels, strides = list(config.conv_kernel), list(config.conv_stride)
+        if getattr(config, "add_adapter", False):
+            kernels += [1] * config.num_adapter_layers
+            strides += [config.adapter_stride] * config.num_adapter_layers
+        return cls(sampling_rate, tuple(kernels), tuple(strides))
+
+    def __call__(self, seconds: float) -> int:
+        length = int(seconds * self.sampling_rate)
+        for kernel, stride in zip(self.kernels, self.strides):
+            length = (length - kernel) // stride + 1
+        return max(length, 0)
+
+
 def frames_needed(label_ids: list[int]) -> int:
     """Output frames CTC needs for a label sequence: one per label, plus a blank between repeated labels."""
     return len(label_ids) + sum(a == b for a, b in zip(label_ids, label_ids[1:]))
@@ -54,8 +78,8 @@ class CTCFamily(Family):
     layer_map_fields = {"encoder": "hidden_layer_map"}
     width_field = "hidden_size"
     kd_per_label_token = False
-    hard_loss_per_token = False
     depth_option = "num_hidden_layers"
+    long_form_method = "one forward pass over the whole recording"
 
     def handles(self, model_or_config: PreTrainedModel | PretrainedConfig) -> bool:
         if isinstance(model_or_config, PreTrainedModel):
@@ -74,9 +98,8 @@ class CTCFamily(Family):
     # ---- data ----------------------------------------------------------------------------------------------------
 
     def limits(self, model: PreTrainedModel, processor: Any) -> Limits:
-        rate = processor.feature_extractor.sampling_rate
-        return Limits(max_seconds=float("inf"), max_label_tokens=None,
-                      frames_for=lambda seconds: int(model._get_feat_extract_output_lengths(int(seconds * rate))))
+        return Limits(max_seconds=float("inf"), max_label_tokens=None, frames_needed=frames_needed,
+                      frames_for=ConvFrames.of(model.config, processor.feature_extractor.sampling_rate))
 
     def collator(self, feature_extractor: Any, model: PreTrainedModel) -> CTCCollator:
         return CTCCollator(feature_extractor)
@@ -108,7 +131,9 @@ class CTCFamily(Family):
 
     def hard_loss(self, model: PreTrainedModel, outputs: Any, batch: dict[str, Any],
                   label_smoothing: float = 0.0) -> torch.Tensor:
-        """CTC over the true input lengths (padding excluded), reduced as the checkpoint's `ctc_loss_reduction`."""
+        """CTC summed over the batch, whatever the checkpoint's `ctc_loss_reduction` (wav2vec2-base-960h says "sum",
+        which would make the term thousands of times larger than KD): the trainer divides it by the label tokens,
+        so it weighs per token like the other terms. Input lengths are the true ones (padding excluded)."""
         if label_smoothing:
             raise ValueError("label_smoothing_factor is not defined for the CTC loss; set it to 0 for CTC students.")
         labels, config = batch["labels"], model.config
@@ -118,7 +143,7 @@ class CTCFamily(Family):
         log_probs = F.log_softmax(outputs.logits.float(), dim=-1).transpose(0, 1)
         with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC needs int32 targets on one device
             return F.ctc_loss(log_probs, labels.masked_select(valid), self.frame_lengths(model, batch),
-                              valid.sum(-1), blank=config.pad_token_id, reduction=config.ctc_loss_reduction,
+                              valid.sum(-1), blank=config.pad_token_id, reduction="sum",
                               zero_infinity=config.ctc_zero_infinity)
 
     def hidden_states(self, outputs: Any) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -130,7 +155,9 @@ class CTCFamily(Family):
     # ---- transcription and evaluation ----------------------------------------------------------------------------
 
     def transcribe(self, model: PreTrainedModel, processor: Any, batch: dict[str, Any],
-                   generate_kwargs: dict | None = None) -> list[str]:
+                   generate_kwargs: dict | None = None, timestamps: bool = False) -> list[str]:
+        if timestamps:
+            raise ValueError("Timestamped transcripts come from Whisper teachers; CTC models give plain text.")
         tokenizer = processor.tokenizer
         inputs = self.model_inputs(model, batch)
         inputs = {k: v.to(model.device, model.dtype if k == "input_values" else v.dtype) for k, v in inputs.items()}

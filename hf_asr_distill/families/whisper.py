@@ -12,11 +12,30 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
+from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
 from .base import Family, Limits, config_of, pad_labels, with_example_ids
 
 MAX_SECONDS = 30.0
 MAX_LABEL_TOKENS = 448
+WINDOW_FRAMES = 3000  # log-mel frames of one 30 s window
+TASKS = ("transcribe", "translate")
+
+
+def is_multilingual(model: PreTrainedModel) -> bool:
+    """Whether a Whisper model has language and task tokens (the `.en` checkpoints have neither)."""
+    flag = getattr(model.generation_config, "is_multilingual", None)
+    return bool(flag) if flag is not None else model.config.vocab_size >= 51865
+
+
+def language_code(language: str, model: PreTrainedModel) -> str:
+    """A language code the model knows ('de' from 'de', 'German' or 'german'), or a ValueError listing them."""
+    known = sorted(t[2:-2] for t in getattr(model.generation_config, "lang_to_id", None) or {})
+    code = language.lower()
+    code = TO_LANGUAGE_CODE.get(code, code)
+    if code not in known:
+        raise ValueError(f"Unknown language {language!r}: this Whisper model knows {', '.join(known)}.")
+    return code
 
 
 @dataclass
@@ -31,6 +50,10 @@ class WhisperCollator:
     decoder_start_token_id: int
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        frames = {np.shape(f["input_features"])[-1] for f in features}
+        if len(frames) > 1:  # long-form rows (over 30 s) keep their full length: they are decoded one at a time
+            raise ValueError(f"Whisper rows of different lengths ({sorted(frames)} frames) cannot share a batch; "
+                             "audio over 30 s is decoded one row per batch.")
         batch = self.feature_extractor.pad(
             [{"input_features": f["input_features"]} for f in features], return_tensors="pt"
         )
@@ -40,6 +63,20 @@ class WhisperCollator:
                 labels = labels[:, 1:]
             batch["labels"] = labels
         return with_example_ids(dict(batch), features)
+
+
+def student_alignment_heads(teacher_heads: list[list[int]] | None, decoder_map: dict[int, int],
+                            heads: int) -> list[list[int]]:
+    """The teacher's cross-attention heads that track time (used for word timestamps), renamed to the student
+    layers copied from their layers; when no copied layer has one, every head of the student's upper half of
+    decoder layers (OpenAI's default when alignment heads are unknown)."""
+    copied_from = {t: s for s, t in decoder_map.items()}
+    mapped = [[copied_from[layer], head] for layer, head in teacher_heads or []
+              if layer in copied_from and head < heads]
+    if mapped:
+        return mapped
+    layers = len(decoder_map)
+    return [[layer, head] for layer in range(layers // 2, layers) for head in range(heads)]
 
 
 def max_new_tokens_for(seconds: float) -> int:
@@ -60,6 +97,8 @@ class WhisperFamily(Family):
     kd_per_label_token = True
     separate_encoder = True
     depth_option = "decoder_layers"
+    long_form_method = "Whisper's sequential long-form generation (30 s windows, each starting where the last " \
+                       "predicted timestamp ended)"
 
     def handles(self, model_or_config: PreTrainedModel | PretrainedConfig) -> bool:
         return config_of(model_or_config).model_type == "whisper"
@@ -74,6 +113,58 @@ class WhisperFamily(Family):
 
     def limits(self, model: PreTrainedModel, processor: Any) -> Limits:
         return Limits(max_seconds=MAX_SECONDS, max_label_tokens=MAX_LABEL_TOKENS)
+
+    def language_codes(self, model: PreTrainedModel, language: str | None, language_column: str | None,
+                       task: str | None) -> dict[str, str] | None:
+        """Multilingual models need a language for every row (labels, teacher forcing and generation all start
+        with it); English-only (`.en`) models take none."""
+        if task is not None and task not in TASKS:
+            raise ValueError(f"task={task!r} is not supported; choose one of {', '.join(TASKS)}.")
+        if not is_multilingual(model):
+            if language is not None or language_column is not None or task == "translate":
+                raise ValueError(
+                    "This Whisper model is English-only (an .en checkpoint): it has no language or task tokens, so "
+                    f"language={language!r} / language_column={language_column!r} / task={task!r} cannot be trained. "
+                    "Leave them unset, or use a multilingual teacher.")
+            return None
+        if language is None and language_column is None:
+            raise ValueError("This Whisper model is multilingual: every row needs a language token. Pass "
+                             "language='en' (or another code) for the whole set, or language_column= naming a "
+                             "column of per-row language codes.")
+        codes = {t[2:-2]: t[2:-2] for t in model.generation_config.lang_to_id}
+        codes.update({name: code for name, code in TO_LANGUAGE_CODE.items() if code in codes})
+        if language is not None:
+            language_code(language, model)  # a clear error now for an unknown language
+        return codes
+
+    def prompt_ids(self, tokenizer: Any, language: str | None, task: str | None, timestamps: bool) -> list[int]:
+        """`<|startoftranscript|>` [`<|lang|>` `<|task|>`] [`<|notimestamps|>`]: the prefix of labels and
+        generation alike (language and task only for multilingual models, which always get both)."""
+        tokens = ["<|startoftranscript|>"]
+        if language is not None:
+            tokens += [f"<|{language}|>", f"<|{task or 'transcribe'}|>"]
+        if not timestamps:
+            tokens.append("<|notimestamps|>")
+        return tokenizer.convert_tokens_to_ids(tokens)
+
+    def label_ids(self, processor: Any, text: str, language: str | None = None, task: str | None = None,
+                  timestamps: bool = False) -> list[int]:
+        """Prompt, the text's tokens (timestamp tokens such as `<|1.20|>` included when `timestamps`), end token."""
+        tokenizer = processor.tokenizer
+        body = tokenizer(text, add_special_tokens=False).input_ids
+        return [*self.prompt_ids(tokenizer, language, task, timestamps), *body, tokenizer.eos_token_id]
+
+    def features(self, processor: Any, audio: list, sampling_rate: int, long_form: bool = False) -> dict[str, list]:
+        """Log-mel windows of 30 s; with `long_form`, audio over 30 s keeps all its frames (decoded sequentially)."""
+        extractor = processor.feature_extractor
+        out = []
+        for wave in audio:
+            if long_form and len(wave) > MAX_SECONDS * sampling_rate:
+                out.append(extractor(wave, sampling_rate=sampling_rate, truncation=False, padding="longest",
+                                     return_attention_mask=False)["input_features"][0])
+            else:
+                out.append(extractor(wave, sampling_rate=sampling_rate)["input_features"][0])
+        return {"input_features": out}
 
     def collator(self, feature_extractor: Any, model: PreTrainedModel) -> WhisperCollator:
         return WhisperCollator(feature_extractor, model.config.decoder_start_token_id)
@@ -146,13 +237,64 @@ class WhisperFamily(Family):
 
     # ---- transcription and evaluation ----------------------------------------------------------------------------
 
+    def set_generation_defaults(self, model: PreTrainedModel, language: str | None, task: str | None) -> None:
+        if language is not None:
+            self.language_codes(model, language, None, task)  # English-only models and unknown codes are refused
+            model.generation_config.language = language_code(language, model)
+        if task is not None:
+            if task not in TASKS:
+                raise ValueError(f"task={task!r} is not supported; choose one of {', '.join(TASKS)}.")
+            if task == "translate" and not is_multilingual(model):
+                raise ValueError("task='translate' needs a multilingual Whisper model; this one is English-only.")
+            if is_multilingual(model):
+                model.generation_config.task = task
+
+    def generation_options(self, model: PreTrainedModel, batch: dict[str, Any]) -> dict[str, Any]:
+        """`language` (per row) and `task` for `generate`, from the batch's language codes or its labels' prompt."""
+        if not is_multilingual(model):
+            return {}
+        languages = batch.get("language")
+        labels = batch.get("labels")
+        config = model.generation_config
+        if labels is not None and labels.shape[1] >= 2:
+            by_id = {i: t[2:-2] for t, i in config.lang_to_id.items()}
+            tasks = {i: t for t, i in config.task_to_id.items()}
+            first = labels[:, 0].tolist()
+            if languages is None and all(i in by_id for i in first):
+                languages = [by_id[i] for i in first]
+            task_ids = set(labels[:, 1].tolist())
+            if len(task_ids) == 1 and task_ids <= set(tasks):
+                return {"language": languages, "task": tasks[task_ids.pop()]}
+        return {"language": languages} if languages is not None else {}
+
     def transcribe(self, model: PreTrainedModel, processor: Any, batch: dict[str, Any],
-                   generate_kwargs: dict | None = None) -> list[str]:
+                   generate_kwargs: dict | None = None, timestamps: bool = False) -> list[str]:
+        """Greedy `generate` in each row's language; with `timestamps`, the text keeps Whisper's timestamp tokens
+        (`<|0.00|> text<|2.40|>`), ready to train a student's timestamp prediction."""
         features = batch["input_features"].to(model.device, model.dtype)
-        seconds = float(batch.get("max_seconds", MAX_SECONDS))
-        kwargs = {"max_new_tokens": max_new_tokens_for(seconds), **(generate_kwargs or {})}
+        kwargs = {**self.generation_options(model, batch), **(generate_kwargs or {})}
+        if timestamps:
+            kwargs["return_timestamps"] = True
+        if features.shape[-1] > WINDOW_FRAMES:
+            # over 30 s: Whisper's sequential long-form decoding, window after window, guided by timestamps
+            kwargs = {"return_timestamps": True, "max_new_tokens": max_new_tokens_for(MAX_SECONDS),
+                      "attention_mask": torch.ones(features.shape[0], features.shape[-1], dtype=torch.long,
+                                                   device=model.device), **kwargs}
+        else:
+            seconds = float(batch.get("max_seconds", MAX_SECONDS))
+            kwargs = {"max_new_tokens": max_new_tokens_for(seconds), **kwargs}
         ids = model.generate(features, **kwargs)
-        return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return processor.tokenizer.batch_decode(ids, skip_special_tokens=True, decode_with_timestamps=timestamps)
+
+    def languages_of_labels(self, tokenizer: Any, label_ids: Any) -> list[str] | None:
+        """Each row's language code from the first token of its labels (None for English-only models)."""
+        to_tokens = getattr(tokenizer, "convert_ids_to_tokens", None)
+        if to_tokens is None or len(label_ids) == 0:
+            return None
+        first = to_tokens([int(row[0]) for row in np.asarray(label_ids)])
+        codes = [t[2:-2] if t and t.startswith("<|") and t.endswith("|>") else None for t in first]
+        known = set(TO_LANGUAGE_CODE.values())
+        return codes if all(c in known for c in codes) else None
 
     def decode_predictions(self, tokenizer: Any, predictions: Any, label_ids: Any) -> tuple[list[str], list[str]]:
         pad = tokenizer.pad_token_id
@@ -167,6 +309,11 @@ class WhisperFamily(Family):
 
     def finish_student(self, student: PreTrainedModel, teacher: PreTrainedModel,
                        layer_map: dict[str, dict[int, int]]) -> None:
+        """The teacher's generation config (languages, tasks, timestamps, suppressed tokens), with alignment heads
+        that name the student's own decoder layers, so word timestamps work on the student."""
         import copy
 
         student.generation_config = copy.deepcopy(teacher.generation_config)
+        student.generation_config.alignment_heads = student_alignment_heads(
+            getattr(teacher.generation_config, "alignment_heads", None), layer_map["decoder"],
+            student.config.decoder_attention_heads)
