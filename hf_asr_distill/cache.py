@@ -1,15 +1,22 @@
 """Teacher-output cache: the top-k of the teacher's softened distribution, chosen hidden states and (Whisper)
 encoder outputs, computed once and read by the trainer instead of running the teacher.
 
-Layout (safetensors only, no pickle): `manifest.json` (fingerprint, settings, completeness) and one
-`shard_<first example>.safetensors` per batch, keyed `<example_id>.<what>`. A shard is written to a temporary
-name and renamed, so an interrupted run resumes after its last complete shard.
+Layout (safetensors only, no pickle): `manifest.json` (fingerprints, settings, completeness), size-bounded shards
+(`shard_p<process>_<n>.safetensors`, about `shard_bytes` each, keyed `<example_id>.<what>`) and one index per
+writing process (`index.p<process>.jsonl`: a line per shard naming its examples, their audio digests and the
+shard's size). A shard is written to a temporary name and renamed before its index line is written, so an
+interrupted run resumes after its last complete shard; readers read the index once and never open a shard to find
+an example. Under `accelerate launch` each process caches its share of the rows into shards of its own.
 
 Top-k and the tail: for each label token (Whisper) or audio frame (CTC) the cache keeps the indices of the k most
 likely tokens and their log-probabilities at temperature T (fp16). The KD loss then compares teacher and student
 on k + 1 buckets, the k tokens and one bucket for all other tokens, whose mass is 1 - sum of the k probabilities.
 That is exactly the divergence between the two distributions coarsened to those buckets: it never exceeds the
 full-vocabulary divergence and equals it when the teacher puts no mass outside its top k.
+
+With `k=0` and `encoder_outputs=True` the cache holds only the (Whisper) encoder outputs: a frozen student encoder
+shared with the teacher then never runs, and the teacher's decoder runs live, at any temperature, on any labels
+(pseudo-labels included) of the same audio.
 """
 
 from __future__ import annotations
@@ -20,30 +27,48 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from accelerate import PartialState
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from .data import collator_for
+from .data import collator_for, row_loader
 from .families import Family, family_of
+from .losses import bucket_logprobs, student_buckets  # noqa: F401 - the k + 1 buckets the cached KD compares
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MANIFEST = "manifest.json"
+SHARD_BYTES = 1_000_000_000
+CACHED_PREFIX = "cached_"  # batch keys of cached tensors added by CachedCollator
+
+
+# ---- fingerprints ----------------------------------------------------------------------------------------------
+
+
+def teacher_fingerprint(teacher: PreTrainedModel) -> str:
+    """The teacher's config, every tensor's name, shape and dtype, and a sample of values from 16 spaced tensors:
+    enough to tell checkpoints apart without reading every weight on every process."""
+    h = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
+    state = teacher.state_dict()
+    names = sorted(state)
+    for name in names:
+        h.update(f"{name}{tuple(state[name].shape)}{state[name].dtype}".encode())
+    for name in names[:: max(1, len(names) // 16)]:
+        flat = state[name].detach().flatten()
+        sample = torch.cat([flat[:64], flat[-64:]]).float().cpu()
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()
 
 
 def fingerprint(teacher: PreTrainedModel, dataset: Any, processor: Any, settings: dict) -> str:
-    """Hash of the teacher (config and every weight), the dataset, the preprocessing and the cache settings."""
-    h = hashlib.sha256()
-    h.update(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    """Hash of the teacher (`teacher_fingerprint`), the dataset, the preprocessing and the cache settings."""
+    h = hashlib.sha256(teacher_fingerprint(teacher).encode())
     h.update(str(getattr(dataset, "_fingerprint", len(dataset))).encode())
     extractor = getattr(processor, "feature_extractor", processor)
     h.update(json.dumps(extractor.to_dict(), sort_keys=True, default=str).encode())
@@ -51,17 +76,75 @@ def fingerprint(teacher: PreTrainedModel, dataset: Any, processor: Any, settings
     return h.hexdigest()
 
 
-def bucket_logprobs(topk_logprobs: torch.Tensor) -> torch.Tensor:
-    """Append the tail bucket: log(1 - sum p_k), computed stably; input (..., k) log-probs, output (..., k + 1)."""
-    top = topk_logprobs.float()
-    tail = torch.log1p(-torch.logsumexp(top, dim=-1).exp().clamp(max=1 - 1e-6))
-    return torch.cat([top, tail.unsqueeze(-1)], dim=-1)
+def audio_digest(value: Any) -> str:
+    """A short digest of one row's audio value: the path (and size) of a file, or the hash of embedded bytes."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return hashlib.blake2b(value["bytes"], digest_size=8).hexdigest()
+    path = value.get("path") if isinstance(value, dict) else value
+    size = os.path.getsize(path) if isinstance(path, str) and os.path.exists(path) else -1
+    return hashlib.blake2b(f"{path}:{size}".encode(), digest_size=8).hexdigest()
 
 
-def student_buckets(student_logits: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The student's softened log-probs on the teacher's top-k tokens plus the tail bucket, (..., k + 1)."""
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return bucket_logprobs(log_q.gather(-1, indices.long()))
+def _rows(dataset: Any, audio_column: str) -> tuple[list[int], list[str]]:
+    """Example ids and audio digests of every row, read from two columns (no audio is decoded)."""
+    plain = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
+    ids = list(plain["example_id"]) if "example_id" in plain.column_names else list(range(len(plain)))
+    return [int(i) for i in ids], [audio_digest(v) for v in plain[audio_column]]
+
+
+# ---- writing ---------------------------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Buffers examples' tensors and writes them as shards of about `limit` bytes, each followed by its index line."""
+
+    def __init__(self, folder: Path, process: int, limit: int) -> None:
+        self.folder, self.process, self.limit = folder, process, limit
+        self.index = folder / f"index.p{process:03d}.jsonl"
+        self.count = len(self.index.read_text().splitlines()) if self.index.exists() else 0
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.examples: list[int] = []
+        self.digests: list[str] = []
+        self.size = 0
+
+    def add(self, example: int, digest: str, tensors: dict[str, torch.Tensor]) -> None:
+        for name, value in tensors.items():
+            self.tensors[f"{example}.{name}"] = value
+            self.size += value.numel() * value.element_size()
+        self.examples.append(example)
+        self.digests.append(digest)
+
+    def end_batch(self) -> None:
+        """Shards end at batch boundaries: write one once the buffer reaches the size limit."""
+        if self.size >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.examples:
+            return
+        name = f"shard_p{self.process:03d}_{self.count:05d}.safetensors"
+        save_file(self.tensors, str(self.folder / f"{name}.tmp"))
+        os.replace(self.folder / f"{name}.tmp", self.folder / name)
+        line = {"shard": name, "bytes": (self.folder / name).stat().st_size, "examples": self.examples,
+                "audio": self.digests}
+        with open(self.index, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.count += 1
+        self.tensors, self.examples, self.digests, self.size = {}, [], [], 0
+
+
+def read_index(folder: Path) -> list[dict]:
+    """Every complete shard's index line, from every process's index (a line cut by a kill is ignored)."""
+    lines = []
+    for path in sorted(folder.glob("index.p*.jsonl")):
+        for text in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(text))
+            except json.JSONDecodeError:
+                continue
+    return lines
 
 
 @torch.no_grad()
@@ -72,9 +155,11 @@ def _teacher_outputs(family: Family, teacher: PreTrainedModel, batch: dict, want
 
 
 def _example_tensors(family: Family, out: Any, row: int, valid: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
-    logprobs = F.log_softmax(out.logits[row].float() / settings["temperature"], dim=-1)[valid[row]]
-    values, indices = logprobs.topk(settings["k"], dim=-1)
-    tensors = {"logprobs": values.half(), "indices": indices.int()}
+    tensors = {}
+    if settings["k"]:
+        logprobs = F.log_softmax(out.logits[row].float() / settings["temperature"], dim=-1)[valid[row]]
+        values, indices = logprobs.topk(settings["k"], dim=-1)
+        tensors.update(logprobs=values.half(), indices=indices.int())
     states, masks = family.hidden_states(out), family.hidden_masks(valid)
     for stack, layers in settings["layers"].items():
         for layer in layers:
@@ -84,6 +169,35 @@ def _example_tensors(family: Family, out: Any, row: int, valid: torch.Tensor, se
     if settings["encoder_outputs"]:
         tensors["encoder"] = family.encoder_output(out)[row].half()
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _check_settings(teacher: PreTrainedModel, family: Family, k: int, temperature: float,
+                    hidden_layers: dict | None, encoder_outputs: bool) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if not (1 <= k <= teacher.config.vocab_size or (k == 0 and encoder_outputs)):
+        raise ValueError(f"k must be between 1 and the vocabulary size {teacher.config.vocab_size}, got {k} (k=0 "
+                         "caches no probabilities: only with encoder_outputs=True).")
+    if encoder_outputs and not family.separate_encoder:
+        raise ValueError(f"encoder_outputs=True is for teachers with a separate encoder that a frozen student "
+                         f"encoder can share (Whisper), not {family.title} models.")
+    unknown = sorted(set(hidden_layers or {}) - set(family.stacks))
+    if unknown:
+        raise ValueError(f"hidden_layers names stacks {unknown}; {family.title} models have {list(family.stacks)}.")
+
+
+def _start_manifest(out: Path, manifest: dict, state: PartialState) -> None:
+    """Write the manifest (main process), or check that the folder holds this very cache; then synchronise."""
+    path = out / MANIFEST
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("version") != CACHE_VERSION or old["fingerprint"] != manifest["fingerprint"]:
+            raise ValueError(f"{out} holds a cache for another teacher, dataset or settings (or of another cache "
+                             "version); use a new directory.")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        path.write_text(json.dumps(manifest, indent=2))
+    state.wait_for_everyone()
 
 
 def cache_teacher(
@@ -97,59 +211,53 @@ def cache_teacher(
     encoder_outputs: bool = False,
     batch_size: int = 8,
     progress: bool = True,
+    shard_bytes: int = SHARD_BYTES,
+    num_workers: int = 0,
+    audio_column: str = "audio",
 ) -> "TeacherCache":
     """Compute and store the teacher's outputs for every row of `dataset` (prepared by `prepare_dataset`).
 
     `hidden_layers` names the teacher hidden states to keep, e.g. `{"decoder": [4]}` for Whisper or
     `{"encoder": [4, 8, 12]}` for CTC models; `encoder_outputs=True` keeps Whisper's final encoder output (for a
-    frozen student encoder shared with the teacher). Re-running resumes an interrupted cache.
+    frozen student encoder shared with the teacher); `k=0` with it keeps nothing else. Under `accelerate launch`
+    each process caches its share of the rows; re-running resumes an interrupted cache (with any number of
+    processes) after the last complete shard of each process.
     """
     from tqdm.auto import tqdm
 
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
-    if k < 1 or k > teacher.config.vocab_size:
-        raise ValueError(f"k must be between 1 and the vocabulary size {teacher.config.vocab_size}, got {k}.")
     family = family_of(teacher)
-    if encoder_outputs and not family.separate_encoder:
-        raise ValueError(f"encoder_outputs=True is for teachers with a separate encoder that a frozen student "
-                         f"encoder can share (Whisper), not {family.title} models.")
-    unknown = sorted(set(hidden_layers or {}) - set(family.stacks))
-    if unknown:
-        raise ValueError(f"hidden_layers names stacks {unknown}; {family.title} models have {list(family.stacks)}.")
+    _check_settings(teacher, family, k, temperature, hidden_layers, encoder_outputs)
+    state = PartialState()
     settings = {"version": CACHE_VERSION, "k": k, "temperature": temperature, "layers": hidden_layers or {},
                 "encoder_outputs": encoder_outputs, "dtype": str(teacher.dtype), "family": family.name}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     whole = sorted(stack for stack, mask in family.hidden_masks(torch.ones(1, 1, dtype=torch.bool)).items()
                    if mask is None)
-    manifest = {"fingerprint": fingerprint(teacher, dataset, processor, settings), **settings,
-                "vocab_size": teacher.config.vocab_size, "whole_stacks": whole,
-                "teacher": teacher.config._name_or_path, "examples": len(dataset), "complete": False}
-    old = out / MANIFEST
-    if old.exists() and json.loads(old.read_text())["fingerprint"] != manifest["fingerprint"]:
-        raise ValueError(f"{out} holds a cache for another teacher, dataset or settings; use a new directory.")
-    old.write_text(json.dumps(manifest, indent=2))
-    collate = collator_for(processor, teacher)
+    ids, digests = _rows(dataset, audio_column)
+    _start_manifest(out, {"fingerprint": fingerprint(teacher, dataset, processor, settings), **settings,
+                          "vocab_size": teacher.config.vocab_size, "whole_stacks": whole,
+                          "teacher": teacher.config._name_or_path, "examples": len(dataset), "complete": False}, state)
+    done = {example for line in read_index(out) for example in line["examples"]}
+    todo = [i for i, example in enumerate(ids) if example not in done]
+    mine = todo[state.process_index::state.num_processes]
+    writer = ShardWriter(out, state.process_index, shard_bytes)
     teacher.eval()
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc="caching teacher outputs", disable=not progress):
-        shard = out / f"shard_{start:09d}.safetensors"
-        if shard.exists():
-            continue  # done before an interruption
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        batch = collate(rows)
+    loader = row_loader(dataset, mine, None, collator_for(processor, teacher), batch_size, num_workers)
+    for indices, batch in tqdm(loader, desc="caching teacher outputs", disable=not progress or not state.is_main_process):
         result = _teacher_outputs(family, teacher, batch, bool(hidden_layers))
         valid = family.positions(teacher, batch).to(result.logits.device)
-        tensors = {}
-        ids = batch["example_id"].tolist() if "example_id" in batch else list(range(start, start + len(rows)))
-        for row, example in enumerate(ids):
-            for name, value in _example_tensors(family, result, row, valid, settings).items():
-                tensors[f"{example}.{name}"] = value
-        save_file(tensors, str(shard) + ".tmp")
-        os.replace(str(shard) + ".tmp", shard)
-    manifest["complete"] = True
-    old.write_text(json.dumps(manifest, indent=2))
+        for row, index in enumerate(indices):
+            writer.add(ids[index], digests[index], _example_tensors(family, result, row, valid, settings))
+        writer.end_batch()
+    writer.flush()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        manifest = json.loads((out / MANIFEST).read_text())
+        stored = {example for line in read_index(out) for example in line["examples"]}
+        manifest["complete"] = stored >= set(ids)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    state.wait_for_everyone()
     return TeacherCache(out)
 
 
@@ -159,46 +267,49 @@ def encoder_output_bytes(teacher: PreTrainedModel, examples: int) -> int:
     return examples * family.encoder_positions(teacher.config) * family.hidden_size(teacher.config) * 2
 
 
-def open_cache(cache: "TeacherCache | str | Path", teacher: PreTrainedModel, dataset: Any, processor: Any,
-               temperature: float, layer_maps: dict[str, dict[int, int]], shared_encoder: bool) -> "TeacherCache":
-    """Open a teacher cache for a training run and refuse one that does not fit it (teacher, data, preprocessing,
-    temperature, hidden layers, encoder sharing)."""
-    cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
-    if processor is None:
-        raise ValueError("A teacher cache is checked against the preprocessing: pass processing_class=.")
-    cache.check(teacher, dataset, processor)
-    manifest = cache.manifest
-    if manifest["temperature"] != temperature:
-        raise ValueError(f"The cache holds teacher probabilities at temperature {manifest['temperature']}, "
-                         f"this run uses {temperature}: rebuild the cache or change temperature.")
-    for stack, layer_map in layer_maps.items():
-        missing = sorted(set(layer_map.values()) - set(manifest["layers"].get(stack, [])))
-        if missing:
-            raise ValueError(f"The cache has no teacher {stack} hidden states {missing} that the layer map "
-                             f"{layer_map} needs: cache them (hidden_layers={{'{stack}': {missing}}}).")
-    if manifest["encoder_outputs"] and not shared_encoder:
-        raise ValueError("The cache holds encoder outputs for a frozen shared encoder, but the student's "
-                         "encoder is trainable or differs from the teacher's.")
-    return cache
-
-
 def cache_size_bytes(path: str | Path) -> int:
     """Bytes on disk of a cache directory."""
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
 
+# ---- reading ---------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class CachedBatch:
-    """Cached teacher outputs for one batch, padded to the batch's positions."""
+    """Cached teacher outputs for one batch, padded to the batch's positions (None: not in this cache)."""
 
-    logprobs: torch.Tensor  # (batch, positions, k) log-probs at T, 0 where padded
-    indices: torch.Tensor  # (batch, positions, k)
+    logprobs: torch.Tensor | None  # (batch, positions, k) log-probs at T, 0 where padded
+    indices: torch.Tensor | None  # (batch, positions, k)
     hidden: dict[str, dict[int, torch.Tensor]]
     encoder: torch.Tensor | None
 
+    def to_batch(self) -> dict[str, torch.Tensor]:
+        """As batch entries (`cached_*`), so a DataLoader worker can read the cache for the training step."""
+        out = {f"{CACHED_PREFIX}{name}": value for name, value in (
+            ("logprobs", self.logprobs), ("indices", self.indices), ("encoder", self.encoder)) if value is not None}
+        for stack, layers in self.hidden.items():
+            for layer, value in layers.items():
+                out[f"{CACHED_PREFIX}hidden.{stack}.{layer}"] = value
+        return out
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, Any]) -> "CachedBatch | None":
+        """Take the `cached_*` entries out of a batch (None when it has none)."""
+        keys = [key for key in batch if key.startswith(CACHED_PREFIX)]
+        if not keys:
+            return None
+        values = {key[len(CACHED_PREFIX):]: batch.pop(key) for key in keys}
+        hidden: dict[str, dict[int, torch.Tensor]] = {}
+        for name, value in values.items():
+            if name.startswith("hidden."):
+                _, stack, layer = name.split(".")
+                hidden.setdefault(stack, {})[int(layer)] = value
+        return cls(values.get("logprobs"), values.get("indices"), hidden, values.get("encoder"))
+
 
 class TeacherCache:
-    """Read access to a cache written by `cache_teacher`."""
+    """Read access to a cache written by `cache_teacher`: the index is read once, shards are opened per batch."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -206,24 +317,46 @@ class TeacherCache:
         if not manifest_path.exists():
             raise ValueError(f"{self.path} is not a teacher cache (no {MANIFEST}); create one with cache_teacher.")
         self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("version") != CACHE_VERSION:
+            raise ValueError(f"{self.path} was made by an older version of hf_asr_distill; rebuild it with "
+                             "cache_teacher.")
         if not self.manifest.get("complete"):
             raise ValueError(f"The teacher cache in {self.path} is incomplete; run cache_teacher again to finish it.")
         self._where: dict[int, Path] = {}
-        for shard in sorted(self.path.glob("shard_*.safetensors")):
-            with safe_open(str(shard), framework="pt") as f:
-                for key in f.keys():
-                    self._where.setdefault(int(key.split(".", 1)[0]), shard)
+        self._audio: dict[int, str] = {}
+        for line in read_index(self.path):
+            shard = self.path / line["shard"]
+            size = shard.stat().st_size if shard.exists() else -1
+            if size != line["bytes"]:
+                raise ValueError(f"Cache shard {shard} is missing or damaged ({size} bytes, the index says "
+                                 f"{line['bytes']}): delete it and its line in {self.path}/index.p*.jsonl, set "
+                                 "\"complete\": false in manifest.json, and run cache_teacher again to redo it.")
+            for example, digest in zip(line["examples"], line["audio"]):
+                self._where[example], self._audio[example] = shard, digest
         if len(self._where) != self.manifest["examples"]:
             raise ValueError(f"{self.path} holds {len(self._where)} examples, its manifest says "
                              f"{self.manifest['examples']}: the cache is damaged; rebuild it.")
 
-    def check(self, teacher: PreTrainedModel, dataset: Any, processor: Any) -> None:
-        """Refuse a stale cache: one made for another teacher, dataset, preprocessing or settings."""
+    @property
+    def has_probabilities(self) -> bool:
+        return self.manifest["k"] > 0
+
+    def check(self, teacher: PreTrainedModel, dataset: Any, processor: Any, audio_column: str = "audio") -> None:
+        """Refuse a stale cache. Probabilities and hidden states belong to one teacher, dataset (labels included),
+        preprocessing and settings; encoder outputs only to the teacher, the preprocessing and each row's audio,
+        so an encoder-only cache also serves other labels (pseudo-labels) of the same audio."""
         settings = {k: self.manifest[k] for k in ("version", "k", "temperature", "layers", "encoder_outputs",
                                                   "dtype", "family")}
-        if fingerprint(teacher, dataset, processor, settings) != self.manifest["fingerprint"]:
-            raise ValueError(f"The teacher cache in {self.path} was made for another teacher, dataset, "
-                             "preprocessing or settings (fingerprint mismatch); rebuild it with cache_teacher.")
+        if self.has_probabilities or self.manifest["layers"]:
+            if fingerprint(teacher, dataset, processor, settings) != self.manifest["fingerprint"]:
+                raise ValueError(f"The teacher cache in {self.path} was made for another teacher, dataset, "
+                                 "preprocessing or settings (fingerprint mismatch); rebuild it with cache_teacher.")
+            return
+        ids, digests = _rows(dataset, audio_column)
+        stale = [i for i, d in zip(ids, digests) if self._audio.get(i) != d]
+        if stale:
+            raise ValueError(f"The encoder-output cache in {self.path} has no entry for the audio of examples "
+                             f"{stale[:5]}{' ...' if len(stale) > 5 else ''}: it was made from other data.")
 
     def _read_examples(self, examples: list[int]) -> dict[int, dict[str, torch.Tensor]]:
         """All cached tensors of `examples`, opening each shard once."""
@@ -232,19 +365,24 @@ class TeacherCache:
             by_shard.setdefault(self._where[example], []).append(example)
         out: dict[int, dict[str, torch.Tensor]] = {}
         for shard, members in by_shard.items():
-            with safe_open(str(shard), framework="pt") as f:
-                keys = f.keys()
-                for example in members:
-                    prefix = f"{example}."
-                    out[example] = {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+            try:
+                with safe_open(str(shard), framework="pt") as f:
+                    for example in members:
+                        prefix = f"{example}."
+                        out[example] = {key[len(prefix):]: f.get_tensor(key) for key in f.keys()
+                                        if key.startswith(prefix)}
+            except (SafetensorError, OSError) as err:
+                raise ValueError(f"Cache shard {shard} cannot be read ({err}): delete it and its index line, and "
+                                 "run cache_teacher again to redo it.") from err
         return out
 
-    def batch(self, example_ids: list[int], positions: torch.Tensor, device: torch.device) -> CachedBatch:
+    def batch(self, example_ids: list[int], positions: torch.Tensor, device: torch.device | str = "cpu"
+              ) -> CachedBatch:
         """Cached outputs for `example_ids`, scattered into the `positions` mask (batch, length) of the batch."""
         k = self.manifest["k"]
         shape = (*positions.shape, k)
-        logprobs = torch.zeros(shape, dtype=torch.float16)
-        indices = torch.zeros(shape, dtype=torch.long)
+        logprobs = torch.zeros(shape, dtype=torch.float16) if k else None
+        indices = torch.zeros(shape, dtype=torch.long) if k else None
         hidden: dict[str, dict[int, torch.Tensor]] = {}
         encoder = []
         whole = set(self.manifest["whole_stacks"])  # stacks stored with every position (Whisper's encoder)
@@ -252,12 +390,13 @@ class TeacherCache:
         cpu_positions = positions.cpu()
         for row, example in enumerate(example_ids):
             mask, tensors = cpu_positions[row], stored[example]
-            values = tensors["logprobs"]
-            if values.shape[0] != int(mask.sum()):
-                raise ValueError(f"example {example}: the cache has {values.shape[0]} positions, the batch "
-                                 f"{int(mask.sum())}; the cache was made from other data.")
-            logprobs[row, mask] = values
-            indices[row, mask] = tensors["indices"].long()
+            if k:
+                values = tensors["logprobs"]
+                if values.shape[0] != int(mask.sum()):
+                    raise ValueError(f"example {example}: the cache has {values.shape[0]} positions, the batch "
+                                     f"{int(mask.sum())}; the cache was made from other data.")
+                logprobs[row, mask] = values
+                indices[row, mask] = tensors["indices"].long()
             for stack, layers in self.manifest["layers"].items():
                 for layer in layers:
                     state = tensors[f"hidden.{stack}.{layer}"]
@@ -271,9 +410,50 @@ class TeacherCache:
                         full[row, mask] = state
             if self.manifest["encoder_outputs"]:
                 encoder.append(tensors["encoder"])
-        move = lambda t: t.to(device)  # noqa: E731
+        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return CachedBatch(
             logprobs=move(logprobs), indices=move(indices),
             hidden={s: {l: move(t) for l, t in m.items()} for s, m in hidden.items()},
             encoder=move(torch.stack(encoder)) if encoder else None,
         )
+
+
+@dataclass
+class CachedCollator:
+    """Wraps a collator so that each training batch carries its cached teacher outputs (`cached_*` entries): the
+    cache is read in the DataLoader's workers, and the training step never waits on disk."""
+
+    collate: Callable[[list[dict]], dict]
+    cache: TeacherCache
+    positions: Callable[[dict], torch.Tensor]
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collate(rows)
+        if "example_id" not in batch:
+            raise ValueError("A teacher cache needs `example_id` in every batch: prepare the dataset with "
+                             "prepare_dataset and batch it with collator_for.")
+        cached = self.cache.batch(batch["example_id"].tolist(), self.positions(batch))
+        return {**batch, **cached.to_batch()}
+
+
+def open_cache(cache: "TeacherCache | str | Path", teacher: PreTrainedModel, dataset: Any, processor: Any,
+               temperature: float, layer_maps: dict[str, dict[int, int]], shared_encoder: bool) -> TeacherCache:
+    """Open a teacher cache for a training run and refuse one that does not fit it (teacher, data, preprocessing,
+    temperature, hidden layers, encoder sharing)."""
+    cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
+    if processor is None:
+        raise ValueError("A teacher cache is checked against the preprocessing: pass processing_class=.")
+    cache.check(teacher, dataset, processor)
+    manifest = cache.manifest
+    if cache.has_probabilities and manifest["temperature"] != temperature:
+        raise ValueError(f"The cache holds teacher probabilities at temperature {manifest['temperature']}, "
+                         f"this run uses {temperature}: rebuild the cache or change temperature.")
+    for stack, layer_map in layer_maps.items():
+        missing = sorted(set(layer_map.values()) - set(manifest["layers"].get(stack, [])))
+        if missing and (cache.has_probabilities or manifest["layers"]):
+            raise ValueError(f"The cache has no teacher {stack} hidden states {missing} that the layer map "
+                             f"{layer_map} needs: cache them (hidden_layers={{'{stack}': {missing}}}).")
+    if manifest["encoder_outputs"] and not shared_encoder:
+        raise ValueError("The cache holds encoder outputs for a frozen shared encoder, but the student's "
+                         "encoder is trainable or differs from the teacher's.")
+    return cache

@@ -117,3 +117,16 @@ def align_time(x: Tensor, length: int) -> Tensor:
     else:
         out = F.interpolate(flat, size=length, mode="linear", align_corners=False)
     return out.transpose(1, 2).reshape(batch, length, *x.shape[2:]).to(x.dtype)
+
+
+def bucket_logprobs(topk_logprobs: Tensor) -> Tensor:
+    """Append the tail bucket: log(1 - sum p_k), computed stably; input (..., k) log-probs, output (..., k + 1)."""
+    top = topk_logprobs.float()
+    tail = torch.log1p(-torch.logsumexp(top, dim=-1).exp().clamp(max=1 - 1e-6))
+    return torch.cat([top, tail.unsqueeze(-1)], dim=-1)
+
+
+def student_buckets(student_logits: Tensor, indices: Tensor, temperature: float) -> Tensor:
+    """The student's softened log-probs on the teacher's top-k tokens plus the tail bucket, (..., k + 1)."""
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return bucket_logprobs(log_q.gather(-1, indices.long()))

@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .config import DistillationConfig
-from .evaluation import ModelResult, report_table
+from .evaluation import ModelResult, language_table, report_table
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ UPLOAD_PATTERNS = [
 ]
 RECORD_FILE = "distillation.json"
 RECIPE_FIELDS = ("alpha_ce", "alpha_kd", "alpha_hidden", "kd_loss", "hidden_loss", "temperature", "projection",
-                 "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps")
+                 "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "language", "task")
 
 
 def results_from_report(path: str | Path) -> tuple[list[ModelResult], dict]:
@@ -55,6 +55,48 @@ def _eval_results(results: list[ModelResult], student: str, dataset: str | None,
             EvalResult(metric_type="cer", metric_value=round(100 * row.scores["cer"], 2), metric_name="CER", **common)]
 
 
+def _settings(teacher: str, recipe: dict, student_config: Any, meta: dict, steps: int | None,
+              train_dataset: str | None) -> list[tuple[str, str]]:
+    """The "how it was distilled" rows: only what is known (nothing printed as None)."""
+    known = {k: v for k, v in recipe.items() if v is not None}
+    # layers and widths, each once: configs alias some names (Whisper's hidden_size is its d_model)
+    shape = {k: getattr(student_config, k) for k in ("encoder_layers", "decoder_layers", "d_model",
+                                                     "num_hidden_layers", "hidden_size")
+             if hasattr(student_config, k) and k not in student_config.attribute_map}
+    rows = [("teacher", f"`{teacher}`"), ("student shape", ", ".join(f"{k}={v}" for k, v in shape.items()))]
+    if {"alpha_ce", "alpha_kd"} <= set(known):
+        loss = f"{known['alpha_ce']} * hard-label + {known['alpha_kd']} * {known.get('kd_loss', 'kl')}"
+        if known.get("alpha_hidden"):
+            loss += f" + {known['alpha_hidden']} * hidden ({known.get('hidden_loss')})"
+        rows.append(("loss", f"`{loss}`"))
+    for name, key in (("temperature", "temperature"), ("projection", "projection"),
+                      ("learning rate", "learning_rate"), ("language", "language"), ("task", "task")):
+        if key in known and (key != "projection" or known.get("alpha_hidden")):
+            rows.append((name, str(known[key])))
+    if "per_device_train_batch_size" in known:
+        rows.append(("batch size (per device x accumulation)",
+                     f"{known['per_device_train_batch_size']} x {known.get('gradient_accumulation_steps', 1)}"))
+    copied = getattr(student_config, "distillation_layer_map", None)
+    if copied:
+        rows.append(("layers copied from the teacher", f"`{json.dumps(copied)}`"))
+    if meta.get("layer_maps"):
+        rows.append(("hidden-state layer maps", f"`{json.dumps(meta['layer_maps'])}`"))
+    if steps is not None:
+        rows.append(("training steps", str(steps)))
+    if train_dataset:
+        rows.append(("training data", train_dataset))
+    return rows if known else []
+
+
+def _card_languages(meta: dict, recipe: dict, language: str | list[str] | None) -> str | list[str] | None:
+    """The languages the card declares: given, else those evaluated, else the one trained on."""
+    if language is not None:
+        return language
+    if meta.get("languages"):
+        return meta["languages"]
+    return recipe.get("language")
+
+
 def build_model_card(
     repo_id: str,
     teacher: str,
@@ -66,36 +108,38 @@ def build_model_card(
     train_dataset: str | None = None,
     eval_dataset: str | None = None,
     steps: int | None = None,
-    language: str | list[str] | None = "en",
+    language: str | list[str] | None = None,
     license: str | None = None,
 ) -> ModelCard:
-    """Render the card: Hub metadata with a `model-index` of WER/CER, the recipe, and the accuracy/cost table."""
+    """Render the card: Hub metadata with a `model-index` of WER/CER, the recipe, and the accuracy/cost table.
+
+    Whatever is not known (no report, no recorded recipe) is left out rather than printed as a placeholder.
+    """
     results, meta = results or [], meta or {}
     recipe = asdict(recipe) if isinstance(recipe, DistillationConfig) else dict(recipe)
     eval_dataset = eval_dataset or meta.get("dataset")
     train_dataset = train_dataset or meta.get("train_dataset")
     # Only Hub ids go into the metadata: local paths mean nothing to the Hub (and would be rejected there).
     data = ModelCardData(
-        language=language, license=license, library_name="transformers", pipeline_tag="automatic-speech-recognition",
-        base_model=hub_id(teacher), datasets=sorted({d for d in (train_dataset, eval_dataset) if hub_id(d)}) or None,
+        language=_card_languages(meta, recipe, language), license=license, library_name="transformers",
+        pipeline_tag="automatic-speech-recognition", base_model=hub_id(teacher),
+        datasets=sorted({d for d in (train_dataset, eval_dataset) if hub_id(d)}) or None,
         tags=["distillation", "hf-asr-distill", student_config.model_type],
         model_name=repo_id.split("/")[-1],
         eval_results=_eval_results(results, student_name, eval_dataset, eval_dataset or "") or None,
     )
-    # layers and widths, each once: configs alias some names (Whisper's hidden_size is its d_model)
-    shape = {k: getattr(student_config, k) for k in ("encoder_layers", "decoder_layers", "d_model",
-                                                     "num_hidden_layers", "hidden_size")
-             if hasattr(student_config, k) and k not in student_config.attribute_map}
+    long_form = meta.get("long_form")
     return ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id, teacher=teacher,
         teacher_link=f"[{teacher}](https://huggingface.co/{teacher})" if hub_id(teacher) else f"`{Path(teacher).name}`",
-        recipe={k: recipe.get(k) for k in RECIPE_FIELDS}, student_shape=", ".join(f"{k}={v}" for k, v in shape.items()),
-        copied_layers=json.dumps(getattr(student_config, "distillation_layer_map", None)),
-        layer_maps=json.dumps(meta.get("layer_maps")) if meta.get("layer_maps") else "defaults",
-        table=report_table(results) if results else "", chart="report.png" if meta.get("chart") else "",
+        recipe={k: recipe.get(k) for k in RECIPE_FIELDS},
+        settings=_settings(teacher, recipe, student_config, meta, steps, train_dataset),
+        table=report_table(results) if results else "", language_table=language_table(results) if results else "",
+        long_form=(f"{long_form['rows']} recordings longer than the training window were decoded with "
+                   f"{long_form['method']}.") if long_form else "",
+        chart="report.png" if meta.get("chart") else "",
         eval_dataset=eval_dataset or "the evaluation set", eval_utterances=meta.get("utterances", "?"),
         device=meta.get("device"), batch_size=results[0].batch_size if results else "?",
-        train_dataset=train_dataset or "not recorded", steps=steps if steps is not None else "not recorded",
     )
 
 

@@ -6,6 +6,7 @@ This module is about the loss. Family differences are asked of `families/`; the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -17,7 +18,8 @@ from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .cache import CachedBatch, TeacherCache, bucket_logprobs, open_cache, student_buckets
+from .cache import CachedBatch, CachedCollator, TeacherCache, open_cache
+from .losses import bucket_logprobs, student_buckets
 from .config import DistillationConfig
 from .families import family_of
 from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS, align_time, masked_mean, masked_sum
@@ -81,9 +83,13 @@ class DistillationTrainer(Seq2SeqTrainer):
         """Place the teacher (`teacher_runner` is what runs: a ZeRO-3 engine or the model), decide encoder sharing,
         resolve the layer maps, build the projections and open the cache."""
         args = self.args
+        if teacher_cache is not None and not isinstance(teacher_cache, TeacherCache):
+            teacher_cache = TeacherCache(teacher_cache)
+        # a cache of probabilities replaces the teacher; an encoder-output cache leaves its decoder to run live
+        replaced = teacher_cache is not None and teacher_cache.has_probabilities
         if teacher_model is None:  # sequence-level KD only: the targets are the teacher's transcripts
             self.teacher_runner = None
-        elif teacher_cache is None:
+        elif not replaced:
             self.teacher_runner = place_teacher(teacher_model, self.accelerator, teacher_dtype(args.teacher_dtype,
                                                                                             args.use_cpu))
         else:  # only checked against the cache (made in its own dtype), never run: it stays on the CPU, uncast
@@ -126,11 +132,13 @@ class DistillationTrainer(Seq2SeqTrainer):
         hard-label loss per label token, and every term is logged beside it.
         """
         inputs = dict(inputs)
+        cached = CachedBatch.from_batch(inputs)  # read by the DataLoader's workers (CachedCollator)
         example_ids = inputs.pop("example_id", None)
         unwrapped = self.accelerator.unwrap_model(model)
         with_teacher = self._teacher_terms(model)
         positions = self.family.positions(unwrapped, inputs)
-        cached = self._cached(example_ids, positions) if with_teacher else None
+        if cached is None and self.cache is not None and model.training:  # a batch not made by get_train_dataloader
+            cached = self._cached(example_ids, positions)
         model_inputs = self.family.model_inputs(unwrapped, inputs)
         if cached is not None and cached.encoder is not None:  # the frozen shared encoder ran once, at caching
             model_inputs = self.family.with_encoder_output(model_inputs, cached.encoder.to(unwrapped.dtype))
@@ -160,7 +168,12 @@ class DistillationTrainer(Seq2SeqTrainer):
             (token_terms if self.family.hard_loss_per_token else mean_terms)["ce"] = hard
         if not with_teacher:
             return token_terms, mean_terms
-        live = self._run_teacher(model_inputs, outputs, want_hidden) if cached is None else None
+        teacher_hidden = cached.hidden if cached is not None and cached.hidden else None
+        live = None
+        if cached is None or (self.args.alpha_kd > 0 and cached.logprobs is None) or (want_hidden and not teacher_hidden):
+            live = self._run_teacher(model_inputs, outputs, want_hidden)
+        if cached is not None and cached.logprobs is None:
+            cached = None  # an encoder-output cache: the KD below uses the live teacher
         if self.args.alpha_kd > 0:
             per_position = self._kd_per_position(outputs.logits, live.logits if live is not None else None, cached)
             if self.family.kd_per_label_token:
@@ -168,7 +181,7 @@ class DistillationTrainer(Seq2SeqTrainer):
             else:
                 mean_terms["kd"] = masked_mean(per_position, positions)
         if want_hidden:
-            teacher_states = self.family.hidden_states(live) if live is not None else cached.hidden
+            teacher_states = teacher_hidden or self.family.hidden_states(live)
             mean_terms["hidden"] = self._hidden_loss(self.family.hidden_states(outputs), teacher_states,
                                                      self.family.hidden_masks(positions))
         return token_terms, mean_terms
@@ -216,13 +229,23 @@ class DistillationTrainer(Seq2SeqTrainer):
             return kd_fn(student * temperature, bucket_logprobs(cached.logprobs) * temperature, temperature)
         return kd_fn(student_logits, align_time(teacher_logits, student_logits.shape[1]), temperature)
 
-    def _cached(self, example_ids: torch.Tensor | None, positions: torch.Tensor) -> CachedBatch | None:
-        if self.cache is None:
-            return None
+    def _cached(self, example_ids: torch.Tensor | None, positions: torch.Tensor) -> CachedBatch:
         if example_ids is None:
             raise ValueError("A teacher cache needs `example_id` in every batch: prepare the dataset with "
                              "prepare_dataset and batch it with collator_for.")
         return self.cache.batch(example_ids.tolist(), positions, positions.device)
+
+    def get_train_dataloader(self):
+        """Trainer's loader; with a teacher cache, its workers also read each batch's cached teacher outputs."""
+        if self.cache is None:
+            return super().get_train_dataloader()
+        collate = self.data_collator
+        positions = functools.partial(self.family.positions, self.accelerator.unwrap_model(self.model))
+        self.data_collator = CachedCollator(collate, self.cache, positions)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collate
 
     def _hidden_loss(self, student_states: dict, teacher_states: dict, masks: dict) -> torch.Tensor:
         """Mean over mapped layer pairs of the hidden loss between projected student and (time-aligned) teacher."""

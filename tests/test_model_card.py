@@ -82,3 +82,28 @@ def test_local_paths_stay_out_of_the_hub_metadata(tmp_path):
     card = build_model_card("me/s", str(tmp_path), {}, student.config, fake_results(), {"dataset": str(tmp_path)})
     assert card.data.base_model is None and card.data.datasets is None
     assert f"`{tmp_path.name}`" in card.text
+
+
+def test_card_from_a_folder_without_a_recipe_never_prints_none(tmp_path, capsys):
+    student, _ = make_student(tiny_ctc(), num_hidden_layers=2)
+    student.save_pretrained(tmp_path / "student")  # no distillation.json, no report
+    main(["push", "--student", str(tmp_path / "student"), "--repo_id", "me/s", "--teacher", "org/t",
+          "--dry_run", "true"])
+    text = (tmp_path / "student" / "README.md").read_text()
+    assert "None" not in text and "not recorded" in text
+    assert "No evaluation report was attached" in text
+
+
+def test_multilingual_card_lists_languages_and_wer_per_language(tmp_path):
+    student, _ = make_student(tiny_ctc(), num_hidden_layers=2)
+    results = fake_results()
+    for r, (de, es) in zip(results, ((0.1, 0.2), (0.15, 0.3))):
+        r.scores["per_language"] = {"de": {"wer": de, "cer": de / 2}, "es": {"wer": es, "cer": es / 2}}
+    meta = {"utterances": 20, "languages": ["de", "es"],
+            "long_form": {"rows": 2, "method": "Whisper's sequential long-form generation"}}
+    card = build_model_card("me/s", "org/t", {"alpha_ce": 0.8, "alpha_kd": 1.0, "language": None}, student.config,
+                            results, meta)
+    assert card.data.language == ["de", "es"]
+    assert "| student | 15.00 (7.50) | 30.00 (15.00) |" in card.text
+    assert "2 recordings longer than the training window were decoded with Whisper's sequential" in card.text
+    assert "None" not in card.text

@@ -183,17 +183,95 @@ def test_cache_from_the_fp32_teacher_serves_a_bf16_teacher_run(tmp_path, whisper
 
 def test_interrupted_cache_resumes_after_its_last_shard(tmp_path, whisper_setup, monkeypatch):
     processor, teacher, ds = whisper_setup
-    cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=2, progress=False)
-    (tmp_path / "cache" / "shard_000000004.safetensors").unlink()
+    # shard_bytes=1: one shard per batch of 2, so 3 shards; the kill lost the last one (and its index line)
+    cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=2, progress=False, shard_bytes=1)
+    index = tmp_path / "cache" / "index.p000.jsonl"
+    lines = index.read_text().splitlines()
+    assert len(lines) == 3 and len(list((tmp_path / "cache").glob("shard_*.safetensors"))) == 3
+    (tmp_path / "cache" / json.loads(lines[-1])["shard"]).unlink()
+    index.write_text("\n".join(lines[:-1]) + "\n")
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     (tmp_path / "cache" / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(ValueError, match="incomplete"):
         TeacherCache(tmp_path / "cache")
     calls = []
     teacher.register_forward_hook(lambda *a: calls.append(1))
-    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=2, progress=False)
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=2, progress=False,
+                          shard_bytes=1)
     assert len(calls) == 1 and cache.manifest["complete"]
     assert cache_size_bytes(tmp_path / "cache") > 0
+
+
+def test_shards_are_size_bounded_and_the_index_is_read_without_opening_them(tmp_path, whisper_setup, monkeypatch):
+    processor, teacher, ds = whisper_setup
+    cache_teacher(teacher, processor, ds, tmp_path / "cache", k=8, batch_size=2, progress=False, shard_bytes=3000,
+                  hidden_layers={"decoder": [4]})
+    shards = sorted((tmp_path / "cache").glob("shard_*.safetensors"))
+    assert 1 < len(shards) < 6  # bounded by size, not one per batch
+    import hf_asr_distill.cache as cache_module
+
+    opened = []
+    real_open = cache_module.safe_open
+    monkeypatch.setattr(cache_module, "safe_open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    cache = TeacherCache(tmp_path / "cache")
+    assert opened == []  # start-up reads the index only
+    batch = collator_for(processor, teacher)([ds[i] for i in range(2)])
+    cache.batch(batch["example_id"].tolist(), batch["labels"].ne(-100))
+    assert 1 <= len(opened) <= 2
+
+
+def test_a_damaged_shard_is_named_with_the_fix(tmp_path, whisper_setup):
+    processor, teacher, ds = whisper_setup
+    cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=2, progress=False, shard_bytes=1)
+    shard = sorted((tmp_path / "cache").glob("shard_*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=rf"Cache shard .*{shard.name} is missing or damaged .*run cache_teacher"):
+        TeacherCache(tmp_path / "cache")
+
+
+def test_encoder_output_cache_serves_live_kd_at_any_temperature_and_on_pseudo_labels(tmp_path, whisper_setup):
+    processor, teacher, ds = whisper_setup
+    student, _ = make_student(teacher, decoder_layers=2, freeze_encoder=True)
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=0, encoder_outputs=True, progress=False)
+    assert not cache.has_probabilities
+    calls = {"teacher_encoder": 0, "teacher_decoder": 0, "student_encoder": 0}
+    for name, module in (("teacher_encoder", teacher.model.encoder), ("teacher_decoder", teacher.model.decoder),
+                         ("student_encoder", student.model.encoder)):
+        module.register_forward_hook(lambda *a, name=name: calls.__setitem__(name, calls[name] + 1))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path, temperature=3.0,
+                                                                                  max_steps=2),
+                                  teacher_cache=cache, processing_class=processor, train_dataset=ds,
+                                  data_collator=collator_for(processor, student))
+    trainer.train()
+    assert calls == {"teacher_encoder": 0, "teacher_decoder": 2, "student_encoder": 0}
+    assert all(e["loss_kd"] > 0 for e in trainer.state.log_history if "loss_kd" in e)
+    # the same audio with other targets (as pseudo-labels are) is served; other audio is refused
+    relabelled = ds.with_format(None).map(lambda r: {"text": r["text"][::-1]})
+    relabelled, _ = prepare_dataset(relabelled.remove_columns(["duration"]), processor, teacher)
+    DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path), teacher_cache=cache,
+                        processing_class=processor, train_dataset=relabelled,
+                        data_collator=collator_for(processor, student))
+    other, _ = prepare_dataset(load_speech_dataset(str(write_corpus(tmp_path / "other", n=6, seed=3))), processor,
+                               teacher)
+    with pytest.raises(ValueError, match="has no entry for the audio of examples"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path), teacher_cache=cache,
+                            processing_class=processor, train_dataset=other,
+                            data_collator=collator_for(processor, student))
+
+
+def test_training_batches_carry_the_cached_outputs_read_by_the_dataloader(tmp_path, whisper_setup, monkeypatch):
+    processor, teacher, ds = whisper_setup
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, progress=False)
+    student, _ = make_student(teacher, decoder_layers=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path), teacher_cache=cache,
+                                  processing_class=processor, train_dataset=ds,
+                                  data_collator=collator_for(processor, student))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["cached_logprobs"].shape[:2] == batch["labels"].shape and batch["cached_indices"].dtype == torch.long
+    read = []
+    monkeypatch.setattr(TeacherCache, "batch", lambda *a, **k: read.append(1))
+    trainer.compute_loss(student.train(), batch)  # the step itself reads nothing from disk
+    assert read == [] and trainer._metrics["train"]["loss_kd"]
 
 
 def test_training_from_the_cache_never_runs_the_teacher(tmp_path, whisper_setup):

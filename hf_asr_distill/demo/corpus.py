@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -103,4 +104,80 @@ def make_corpus(out_dir: str | Path, splits: dict[str, tuple], seed: int = 0) ->
             writer.writeheader()
             writer.writerows(rows)
         metadata.with_suffix(".tmp").rename(metadata)  # written last: a split with metadata is complete
+    return out
+
+
+# ---- real sentences in several languages (Debian's fortunes), many voices ----------------------------------------
+
+FORTUNES = Path("/usr/share/games/fortunes")
+FORTUNE_FOLDERS = {"en": "", "de": "de", "es": "es", "it": "it", "pl": "pl"}  # Debian: fortunes, fortunes-de, ...
+# Letters each language's sentences may use (espeak-ng reads digits and symbols in its own way: leave them out).
+LETTERS = {"en": "a-zA-Z", "de": "a-zA-ZäöüÄÖÜß", "es": "a-zA-ZáéíóúüñÁÉÍÓÚÜÑ", "it": "a-zA-ZàèéìíòóùÀÈÉÌÒÙ",
+           "pl": "a-zA-ZąćęłńóśźżĄĆĘŁŃÓŚŹŻ"}
+ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "croak", "whisper"]
+
+
+def fortune_sentences(language: str = "en", min_words: int = 5, max_words: int = 16) -> list[str]:
+    """Distinct sentences from Debian's fortune files for `language` (en, de, es, it, pl), in a fixed order.
+
+    Only plain sentences are kept: `min_words`-`max_words` words of the language's letters and simple punctuation,
+    no digits, symbols or shouting; attributions, verse and ASCII art fall away. Install the Debian packages
+    fortunes (English) and fortunes-de, -es, -it, -pl.
+    """
+    folder = FORTUNES / FORTUNE_FOLDERS[language]
+    # (fortunes-it links its files into the English folder too: symbolic links are left out)
+    files = sorted(p for p in folder.glob("*") if p.is_file() and not p.is_symlink()
+                   and p.suffix not in (".dat", ".u8") and not p.name.endswith("-pre"))
+    if not files:
+        raise RuntimeError(f"No fortune files in {folder}: apt-get install fortunes"
+                           f"{'' if language == 'en' else '-' + language}")
+    word = f"[{LETTERS[language]}]+(?:['’-][{LETTERS[language]}]+)*"
+    sentence = re.compile(rf"^{word}(?:,? {word})*[.!?]$")
+    seen: dict[str, None] = {}
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        for fortune in re.split(r"\n%\n", text):
+            lines = [line.strip() for line in fortune.splitlines() if not line.strip().startswith("--")]
+            for candidate in re.split(r"(?<=[.!?])\s+", " ".join(lines)):
+                candidate = candidate.strip().replace("’", "'")
+                words = candidate.split()
+                if (min_words <= len(words) <= max_words and sentence.match(candidate)
+                        and not any(w.isupper() and len(w) > 1 for w in words)):
+                    seen[candidate] = None
+    return list(seen)
+
+
+def espeak_voices(language: str) -> list[str]:
+    """espeak-ng voices for a language: its base voice in every variant ('espeak-ng:de+m3')."""
+    base = {"en": "en-us"}.get(language, language)
+    return [f"espeak-ng:{base}+{variant}" for variant in ESPEAK_VARIANTS]
+
+
+def voice_language(voice: str) -> str:
+    """The language a voice speaks: 'en' for flite, the espeak-ng voice's language otherwise."""
+    engine, _, name = voice.partition(":")
+    return "en" if engine == "flite" else re.split(r"[-+]", name)[0]
+
+
+def make_sentence_corpus(out_dir: str | Path, splits: dict[str, tuple[list[str], list[str]]]) -> Path:
+    """An audiofolder from given sentences: `splits` maps a split name to (voices, sentences); the sentences are
+    spoken by the voices in turn. metadata.csv holds file_name, text, voice and language. Complete splits are kept
+    (re-running is cheap); a split's metadata is written last, so an interrupted split is redone."""
+    out = Path(out_dir)
+    for split, (voices, sentences) in splits.items():
+        folder, metadata = out / split, out / split / "metadata.csv"
+        if metadata.exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, text in enumerate(sentences):
+            voice = voices[i % len(voices)]
+            name = f"{i:05d}_{re.sub(r'[^A-Za-z0-9]+', '_', voice)}.wav"
+            synthesize(text, voice, folder / name)
+            rows.append({"file_name": name, "text": text, "voice": voice, "language": voice_language(voice)})
+        with open(metadata.with_suffix(".tmp"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["file_name", "text", "voice", "language"])
+            writer.writeheader()
+            writer.writerows(rows)
+        metadata.with_suffix(".tmp").rename(metadata)
     return out
