@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from .data import collator_for, row_loader
-from .families import Family, family_of
+from .families import FAMILIES, Family, family_of
 from .losses import bucket_logprobs, student_buckets  # noqa: F401 - the k + 1 buckets the cached KD compares
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ CACHE_VERSION = 2
 MANIFEST = "manifest.json"
 SHARD_BYTES = 1_000_000_000
 CACHED_PREFIX = "cached_"  # batch keys of cached tensors added by CachedCollator
+FAMILY_KD_PER_LABEL = {family.name: family.kd_per_label_token for family in FAMILIES}
 
 
 # ---- fingerprints ----------------------------------------------------------------------------------------------
@@ -66,10 +67,10 @@ def teacher_fingerprint(teacher: PreTrainedModel) -> str:
     return h.hexdigest()
 
 
-def fingerprint(teacher: PreTrainedModel, dataset: Any, processor: Any, settings: dict) -> str:
-    """Hash of the teacher (`teacher_fingerprint`), the dataset, the preprocessing and the cache settings."""
+def fingerprint(teacher: PreTrainedModel, processor: Any, settings: dict) -> str:
+    """Hash of the teacher (`teacher_fingerprint`), the preprocessing and the cache settings. The data is checked
+    row by row instead: each row's audio digest when the cache is opened, its labels' digest when a batch is read."""
     h = hashlib.sha256(teacher_fingerprint(teacher).encode())
-    h.update(str(getattr(dataset, "_fingerprint", len(dataset))).encode())
     extractor = getattr(processor, "feature_extractor", processor)
     h.update(json.dumps(extractor.to_dict(), sort_keys=True, default=str).encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
@@ -83,6 +84,11 @@ def audio_digest(value: Any) -> str:
     path = value.get("path") if isinstance(value, dict) else value
     size = os.path.getsize(path) if isinstance(path, str) and os.path.exists(path) else -1
     return hashlib.blake2b(f"{path}:{size}".encode(), digest_size=8).hexdigest()
+
+
+def labels_digest(labels: list[int]) -> str:
+    """A short digest of one row's label ids (what the teacher was forced along)."""
+    return hashlib.blake2b(json.dumps([int(i) for i in labels]).encode(), digest_size=8).hexdigest()
 
 
 def _rows(dataset: Any, audio_column: str) -> tuple[list[int], list[str]]:
@@ -105,14 +111,16 @@ class ShardWriter:
         self.tensors: dict[str, torch.Tensor] = {}
         self.examples: list[int] = []
         self.digests: list[str] = []
+        self.labels: list[str] = []
         self.size = 0
 
-    def add(self, example: int, digest: str, tensors: dict[str, torch.Tensor]) -> None:
+    def add(self, example: int, digest: str, labels: str, tensors: dict[str, torch.Tensor]) -> None:
         for name, value in tensors.items():
             self.tensors[f"{example}.{name}"] = value
             self.size += value.numel() * value.element_size()
         self.examples.append(example)
         self.digests.append(digest)
+        self.labels.append(labels)
 
     def end_batch(self) -> None:
         """Shards end at batch boundaries: write one once the buffer reaches the size limit."""
@@ -126,13 +134,13 @@ class ShardWriter:
         save_file(self.tensors, str(self.folder / f"{name}.tmp"))
         os.replace(self.folder / f"{name}.tmp", self.folder / name)
         line = {"shard": name, "bytes": (self.folder / name).stat().st_size, "examples": self.examples,
-                "audio": self.digests}
+                "audio": self.digests, "labels": self.labels}
         with open(self.index, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.count += 1
-        self.tensors, self.examples, self.digests, self.size = {}, [], [], 0
+        self.tensors, self.examples, self.digests, self.labels, self.size = {}, [], [], [], 0
 
 
 def read_index(folder: Path) -> list[dict]:
@@ -150,6 +158,8 @@ def read_index(folder: Path) -> list[dict]:
 @torch.no_grad()
 def _teacher_outputs(family: Family, teacher: PreTrainedModel, batch: dict, want_hidden: bool) -> Any:
     inputs = {k: v.to(teacher.device) for k, v in family.model_inputs(teacher, batch).items()}
+    if family.feature_key not in inputs:
+        raise ValueError("The teacher needs the audio: cache a dataset prepared with features=True (the default).")
     inputs[family.feature_key] = inputs[family.feature_key].to(teacher.dtype)
     return teacher(**inputs, output_hidden_states=want_hidden)
 
@@ -192,8 +202,8 @@ def _start_manifest(out: Path, manifest: dict, state: PartialState) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("version") != CACHE_VERSION or old["fingerprint"] != manifest["fingerprint"]:
-            raise ValueError(f"{out} holds a cache for another teacher, dataset or settings (or of another cache "
-                             "version); use a new directory.")
+            raise ValueError(f"{out} holds a cache for another teacher, preprocessing or settings (or of another "
+                             "cache version); use a new directory.")
     state.wait_for_everyone()
     if state.is_main_process:
         path.write_text(json.dumps(manifest, indent=2))
@@ -235,10 +245,14 @@ def cache_teacher(
     whole = sorted(stack for stack, mask in family.hidden_masks(torch.ones(1, 1, dtype=torch.bool)).items()
                    if mask is None)
     ids, digests = _rows(dataset, audio_column)
-    _start_manifest(out, {"fingerprint": fingerprint(teacher, dataset, processor, settings), **settings,
+    _start_manifest(out, {"fingerprint": fingerprint(teacher, processor, settings), **settings,
                           "vocab_size": teacher.config.vocab_size, "whole_stacks": whole,
                           "teacher": teacher.config._name_or_path, "examples": len(dataset), "complete": False}, state)
-    done = {example for line in read_index(out) for example in line["examples"]}
+    done = {example: digest for line in read_index(out) for example, digest in zip(line["examples"], line["audio"])}
+    changed = [example for example, digest in zip(ids, digests) if example in done and done[example] != digest]
+    if changed:
+        raise ValueError(f"{out} holds other audio for examples {changed[:5]}: this is another dataset; use a new "
+                         "directory.")
     todo = [i for i, example in enumerate(ids) if example not in done]
     mine = todo[state.process_index::state.num_processes]
     writer = ShardWriter(out, state.process_index, shard_bytes)
@@ -247,8 +261,10 @@ def cache_teacher(
     for indices, batch in tqdm(loader, desc="caching teacher outputs", disable=not progress or not state.is_main_process):
         result = _teacher_outputs(family, teacher, batch, bool(hidden_layers))
         valid = family.positions(teacher, batch).to(result.logits.device)
+        labels = batch["labels"] if "labels" in batch else None
         for row, index in enumerate(indices):
-            writer.add(ids[index], digests[index], _example_tensors(family, result, row, valid, settings))
+            digest = labels_digest(labels[row][labels[row] != -100].tolist()) if labels is not None else ""
+            writer.add(ids[index], digests[index], digest, _example_tensors(family, result, row, valid, settings))
         writer.end_batch()
     writer.flush()
     state.wait_for_everyone()
@@ -324,6 +340,10 @@ class TeacherCache:
             raise ValueError(f"The teacher cache in {self.path} is incomplete; run cache_teacher again to finish it.")
         self._where: dict[int, Path] = {}
         self._audio: dict[int, str] = {}
+        self._labels: dict[int, str] = {}
+        # teacher outputs at label positions were computed along these labels (Whisper's teacher forcing)
+        self.label_bound = FAMILY_KD_PER_LABEL.get(self.manifest["family"], True) and (
+            self.manifest["k"] > 0 or any(stack not in self.manifest["whole_stacks"] for stack in self.manifest["layers"]))
         for line in read_index(self.path):
             shard = self.path / line["shard"]
             size = shard.stat().st_size if shard.exists() else -1
@@ -331,8 +351,8 @@ class TeacherCache:
                 raise ValueError(f"Cache shard {shard} is missing or damaged ({size} bytes, the index says "
                                  f"{line['bytes']}): delete it and its line in {self.path}/index.p*.jsonl, set "
                                  "\"complete\": false in manifest.json, and run cache_teacher again to redo it.")
-            for example, digest in zip(line["examples"], line["audio"]):
-                self._where[example], self._audio[example] = shard, digest
+            for example, digest, labels in zip(line["examples"], line["audio"], line["labels"]):
+                self._where[example], self._audio[example], self._labels[example] = shard, digest, labels
         if len(self._where) != self.manifest["examples"]:
             raise ValueError(f"{self.path} holds {len(self._where)} examples, its manifest says "
                              f"{self.manifest['examples']}: the cache is damaged; rebuild it.")
@@ -342,20 +362,18 @@ class TeacherCache:
         return self.manifest["k"] > 0
 
     def check(self, teacher: PreTrainedModel, dataset: Any, processor: Any, audio_column: str = "audio") -> None:
-        """Refuse a stale cache. Probabilities and hidden states belong to one teacher, dataset (labels included),
-        preprocessing and settings; encoder outputs only to the teacher, the preprocessing and each row's audio,
-        so an encoder-only cache also serves other labels (pseudo-labels) of the same audio."""
+        """Refuse a stale cache: one made by another teacher, preprocessing or settings, or holding other audio
+        for the dataset's rows (or none). Labels are checked as batches are read: a cache of encoder outputs
+        serves any labels of the same audio (pseudo-labels), one of teacher-forced outputs only its own."""
         settings = {k: self.manifest[k] for k in ("version", "k", "temperature", "layers", "encoder_outputs",
                                                   "dtype", "family")}
-        if self.has_probabilities or self.manifest["layers"]:
-            if fingerprint(teacher, dataset, processor, settings) != self.manifest["fingerprint"]:
-                raise ValueError(f"The teacher cache in {self.path} was made for another teacher, dataset, "
-                                 "preprocessing or settings (fingerprint mismatch); rebuild it with cache_teacher.")
-            return
+        if fingerprint(teacher, processor, settings) != self.manifest["fingerprint"]:
+            raise ValueError(f"The teacher cache in {self.path} was made for another teacher, preprocessing or "
+                             "settings (fingerprint mismatch); rebuild it with cache_teacher.")
         ids, digests = _rows(dataset, audio_column)
         stale = [i for i, d in zip(ids, digests) if self._audio.get(i) != d]
         if stale:
-            raise ValueError(f"The encoder-output cache in {self.path} has no entry for the audio of examples "
+            raise ValueError(f"The teacher cache in {self.path} has no entry for the audio of examples "
                              f"{stale[:5]}{' ...' if len(stale) > 5 else ''}: it was made from other data.")
 
     def _read_examples(self, examples: list[int]) -> dict[int, dict[str, torch.Tensor]]:
@@ -376,9 +394,16 @@ class TeacherCache:
                                  "run cache_teacher again to redo it.") from err
         return out
 
-    def batch(self, example_ids: list[int], positions: torch.Tensor, device: torch.device | str = "cpu"
-              ) -> CachedBatch:
-        """Cached outputs for `example_ids`, scattered into the `positions` mask (batch, length) of the batch."""
+    def batch(self, example_ids: list[int], positions: torch.Tensor, device: torch.device | str = "cpu",
+              labels: torch.Tensor | None = None) -> CachedBatch:
+        """Cached outputs for `example_ids`, scattered into the `positions` mask (batch, length) of the batch.
+        With `labels`, outputs computed along labels are refused for rows whose labels changed since caching."""
+        if labels is not None and self.label_bound:
+            changed = [e for e, row in zip(example_ids, labels) if self._labels[e] != labels_digest(
+                row[row != -100].tolist())]
+            if changed:
+                raise ValueError(f"Examples {changed[:5]} have other labels than the teacher cache in {self.path} "
+                                 "was made with (its outputs follow the labels): rebuild it for these labels.")
         k = self.manifest["k"]
         shape = (*positions.shape, k)
         logprobs = torch.zeros(shape, dtype=torch.float16) if k else None
@@ -432,7 +457,7 @@ class CachedCollator:
         if "example_id" not in batch:
             raise ValueError("A teacher cache needs `example_id` in every batch: prepare the dataset with "
                              "prepare_dataset and batch it with collator_for.")
-        cached = self.cache.batch(batch["example_id"].tolist(), self.positions(batch))
+        cached = self.cache.batch(batch["example_id"].tolist(), self.positions(batch), labels=batch.get("labels"))
         return {**batch, **cached.to_batch()}
 
 
@@ -449,11 +474,12 @@ def open_cache(cache: "TeacherCache | str | Path", teacher: PreTrainedModel, dat
         raise ValueError(f"The cache holds teacher probabilities at temperature {manifest['temperature']}, "
                          f"this run uses {temperature}: rebuild the cache or change temperature.")
     for stack, layer_map in layer_maps.items():
-        missing = sorted(set(layer_map.values()) - set(manifest["layers"].get(stack, [])))
-        if missing and (cache.has_probabilities or manifest["layers"]):
+        cached_layers = manifest["layers"].get(stack)
+        missing = sorted(set(layer_map.values()) - set(cached_layers or []))
+        # a stack is either cached with every layer the map needs, or left to the live teacher (not in the cache)
+        if missing and (cached_layers or (cache.has_probabilities and not manifest["encoder_outputs"])):
             raise ValueError(f"The cache has no teacher {stack} hidden states {missing} that the layer map "
                              f"{layer_map} needs: cache them (hidden_layers={{'{stack}': {missing}}}).")
     if manifest["encoder_outputs"] and not shared_encoder:
-        raise ValueError("The cache holds encoder outputs for a frozen shared encoder, but the student's "
-                         "encoder is trainable or differs from the teacher's.")
+        logger.info("The cache's encoder outputs feed the teacher's decoder; the student runs its own encoder.")
     return cache

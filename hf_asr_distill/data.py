@@ -293,6 +293,7 @@ def prepare_dataset(
     long_form: bool = False,
     num_proc: int | None = None,
     seed: int = 0,
+    features: bool = True,
 ) -> tuple[Dataset | IterableDataset, PrepareStats]:
     """Check and filter every row, keep its duration, then extract features lazily at batch time.
 
@@ -311,6 +312,9 @@ def prepare_dataset(
     which teacher forcing and generation then share; multilingual models need one of them, English-only ones take
     neither. `timestamp_probability` of the rows with text in `timestamp_column` (e.g. pseudo-labels with
     `<|0.00|>` tokens) train with timestamps. `long_form=True` (evaluation) keeps audio over 30 s whole.
+
+    `features=False` leaves the audio unread at batch time (labels and ids only): for training a student whose
+    frozen encoder is shared with the teacher from an encoder-output cache, where the features would go unused.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} is not supported; choose one of raise, skip.")
@@ -324,7 +328,7 @@ def prepare_dataset(
         float("inf") if long_form else limits.max_seconds),
         max_label_tokens=max_label_tokens if max_label_tokens is not None else limits.max_label_tokens)
     check = RowCheck(family, processor, audio_column, text_column, options, limits, min_seconds)
-    transform = FeatureTransform(processor, family, audio_column, text_column, options, long_form)
+    transform = FeatureTransform(processor, family, audio_column, text_column, options, long_form, features)
     if isinstance(ds, IterableDataset):
         return _prepare_stream(ds, check, transform, on_error)
     return _prepare_map_style(ds, check, transform, on_error, num_proc)
@@ -391,15 +395,20 @@ class FeatureTransform:
     text_column: str | None = "text"
     options: LabelOptions = field(default_factory=LabelOptions)
     long_form: bool = False
+    features: bool = True  # False: labels and ids only, the audio is not read
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if self.audio_column not in batch:  # a column read on its own (e.g. `duration` for group_by_length)
             return batch
-        rate = self.processor.feature_extractor.sampling_rate
-        audio = [decode_audio(value, rate) for value in batch[self.audio_column]]
-        out = self.family.features(self.processor, audio, rate, self.long_form)
-        out["audio_seconds"] = [len(a) / rate for a in audio]
-        rows = [{k: v[j] for k, v in batch.items()} for j in range(len(audio))]
+        size = len(batch[self.audio_column])
+        if self.features:
+            rate = self.processor.feature_extractor.sampling_rate
+            audio = [decode_audio(value, rate) for value in batch[self.audio_column]]
+            out = self.family.features(self.processor, audio, rate, self.long_form)
+            out["audio_seconds"] = [len(a) / rate for a in audio]
+        else:
+            out = {"audio_seconds": list(batch["duration"]) if "duration" in batch else [0.0] * size}
+        rows = [{k: v[j] for k, v in batch.items()} for j in range(size)]
         ids = [int(r["example_id"]) if r.get("example_id") is not None else j for j, r in enumerate(rows)]
         if "example_id" in batch:
             out["example_id"] = list(batch["example_id"])

@@ -85,6 +85,7 @@ def make_student(
     teacher: PreTrainedModel | str,
     student_config: PretrainedConfig | None = None,
     freeze_encoder: bool = False,
+    copy_layers: dict[str, list[int]] | None = None,
     **shrink: Any,
 ) -> tuple[PreTrainedModel, LayerMap]:
     """Build a student from the teacher and return `(student, layer_map)`.
@@ -93,6 +94,8 @@ def make_student(
         teacher: the teacher model, or a Hub id / local path to load it from.
         student_config: an explicit student config (same model class as the teacher); excludes `shrink`.
         freeze_encoder: Whisper only: freeze the student's encoder (distil-whisper's `--freeze_encoder`).
+        copy_layers: which teacher layers (0-based) initialise each stack's student layers, e.g.
+            `{"decoder": [2, 3]}` (the last two of four); default: maximally spaced, first and last kept.
         **shrink: teacher config fields to change, e.g. `decoder_layers=2` (Whisper), `num_hidden_layers=4`,
             `hidden_size=384`, `intermediate_size=1536`, `num_attention_heads=6` (CTC), `d_model`,
             `encoder_ffn_dim` (Whisper).
@@ -114,6 +117,12 @@ def make_student(
     layer_map = {
         stack: dict(enumerate(spaced_layers(teacher_counts[stack], student_counts[stack]))) for stack in teacher_counts
     }
+    for stack, layers in (copy_layers or {}).items():
+        if stack not in teacher_counts or len(layers) != student_counts[stack] or not all(
+                0 <= t < teacher_counts[stack] for t in layers):
+            raise ValueError(f"copy_layers[{stack!r}]={layers} must name {student_counts.get(stack, 0)} teacher "
+                             f"layers between 0 and {teacher_counts.get(stack, 0) - 1} (stacks: {list(teacher_counts)}).")
+        layer_map[stack] = dict(enumerate(layers))
     copied, fresh = _copy_weights(teacher, student, layer_map)
     logger.info("make_student: copied %d tensors from the teacher, %d freshly initialised", copied, fresh)
     family.finish_student(student, teacher, layer_map)

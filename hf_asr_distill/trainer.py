@@ -85,8 +85,10 @@ class DistillationTrainer(Seq2SeqTrainer):
         args = self.args
         if teacher_cache is not None and not isinstance(teacher_cache, TeacherCache):
             teacher_cache = TeacherCache(teacher_cache)
-        # a cache of probabilities replaces the teacher; an encoder-output cache leaves its decoder to run live
-        replaced = teacher_cache is not None and teacher_cache.has_probabilities
+        # a cache of probabilities (and of the hidden states asked for) replaces the teacher; an encoder-output
+        # cache leaves its decoder to run live
+        replaced = teacher_cache is not None and teacher_cache.has_probabilities and (
+            args.alpha_hidden == 0 or bool(teacher_cache.manifest["layers"]))
         if teacher_model is None:  # sequence-level KD only: the targets are the teacher's transcripts
             self.teacher_runner = None
         elif not replaced:
@@ -138,10 +140,14 @@ class DistillationTrainer(Seq2SeqTrainer):
         with_teacher = self._teacher_terms(model)
         positions = self.family.positions(unwrapped, inputs)
         if cached is None and self.cache is not None and model.training:  # a batch not made by get_train_dataloader
-            cached = self._cached(example_ids, positions)
+            cached = self._cached(example_ids, positions, inputs.get("labels"))
         model_inputs = self.family.model_inputs(unwrapped, inputs)
-        if cached is not None and cached.encoder is not None:  # the frozen shared encoder ran once, at caching
+        if cached is not None and cached.encoder is not None and self.share_encoder:
+            # the frozen shared encoder ran once, at caching
             model_inputs = self.family.with_encoder_output(model_inputs, cached.encoder.to(unwrapped.dtype))
+        elif self.family.feature_key not in model_inputs:
+            raise ValueError(f"The batch has no {self.family.feature_key}: datasets prepared with features=False "
+                             "train only from an encoder-output cache, with the student's frozen encoder shared.")
         want_hidden = with_teacher and self.args.alpha_hidden > 0
         outputs = model(**model_inputs, output_hidden_states=want_hidden)
         token_terms, mean_terms = self._terms(unwrapped, inputs, model_inputs, outputs, positions, cached,
@@ -168,20 +174,24 @@ class DistillationTrainer(Seq2SeqTrainer):
             (token_terms if self.family.hard_loss_per_token else mean_terms)["ce"] = hard
         if not with_teacher:
             return token_terms, mean_terms
-        teacher_hidden = cached.hidden if cached is not None and cached.hidden else None
-        live = None
-        if cached is None or (self.args.alpha_kd > 0 and cached.logprobs is None) or (want_hidden and not teacher_hidden):
-            live = self._run_teacher(model_inputs, outputs, want_hidden)
+        cached_hidden = cached.hidden if cached is not None else {}
+        needs_live = cached is None or (self.args.alpha_kd > 0 and cached.logprobs is None) or (
+            want_hidden and not set(self.layer_maps) <= set(cached_hidden))
+        # the teacher's encoder output, when cached (unless its encoder's hidden states are needed and not cached)
+        encoder = cached.encoder if cached is not None else None
+        if want_hidden and "encoder" in self.layer_maps and "encoder" not in cached_hidden:
+            encoder = None
+        live = self._run_teacher(model_inputs, outputs, want_hidden, encoder) if needs_live else None
         if cached is not None and cached.logprobs is None:
-            cached = None  # an encoder-output cache: the KD below uses the live teacher
+            cached = None  # no cached probabilities: the KD below uses the live teacher
         if self.args.alpha_kd > 0:
             per_position = self._kd_per_position(outputs.logits, live.logits if live is not None else None, cached)
             if self.family.kd_per_label_token:
                 token_terms["kd"] = masked_sum(per_position, positions)[0]
             else:
                 mean_terms["kd"] = masked_mean(per_position, positions)
-        if want_hidden:
-            teacher_states = teacher_hidden or self.family.hidden_states(live)
+        if want_hidden:  # each stack from the cache when it holds it, else from the live teacher
+            teacher_states = {**(self.family.hidden_states(live) if live is not None else {}), **cached_hidden}
             mean_terms["hidden"] = self._hidden_loss(self.family.hidden_states(outputs), teacher_states,
                                                      self.family.hidden_masks(positions))
         return token_terms, mean_terms
@@ -208,12 +218,14 @@ class DistillationTrainer(Seq2SeqTrainer):
                 "Check those rows' audio and labels, or lower the learning rate.")
         return loss
 
-    def _run_teacher(self, model_inputs: dict[str, Any], student_outputs: Any, want_hidden: bool) -> Any:
-        """The teacher's forward on the student's batch, reusing the student's encoder output when shared."""
+    def _run_teacher(self, model_inputs: dict[str, Any], student_outputs: Any, want_hidden: bool,
+                     cached_encoder: torch.Tensor | None = None) -> Any:
+        """The teacher's forward on the student's batch; its encoder is skipped when the student's (shared) or a
+        cached encoder output stands in for it."""
         dtype = self.teacher.dtype
-        if self.share_encoder:
-            encoder = self.family.encoder_output(student_outputs).to(dtype)
-            teacher_inputs = self.family.with_encoder_output(model_inputs, encoder)
+        if self.share_encoder or cached_encoder is not None:
+            encoder = cached_encoder if cached_encoder is not None else self.family.encoder_output(student_outputs)
+            teacher_inputs = self.family.with_encoder_output(model_inputs, encoder.to(dtype))
         else:
             key = self.family.feature_key
             teacher_inputs = {**model_inputs, key: model_inputs[key].to(dtype)}
@@ -229,11 +241,12 @@ class DistillationTrainer(Seq2SeqTrainer):
             return kd_fn(student * temperature, bucket_logprobs(cached.logprobs) * temperature, temperature)
         return kd_fn(student_logits, align_time(teacher_logits, student_logits.shape[1]), temperature)
 
-    def _cached(self, example_ids: torch.Tensor | None, positions: torch.Tensor) -> CachedBatch:
+    def _cached(self, example_ids: torch.Tensor | None, positions: torch.Tensor,
+                labels: torch.Tensor | None) -> CachedBatch:
         if example_ids is None:
             raise ValueError("A teacher cache needs `example_id` in every batch: prepare the dataset with "
                              "prepare_dataset and batch it with collator_for.")
-        return self.cache.batch(example_ids.tolist(), positions, positions.device)
+        return self.cache.batch(example_ids.tolist(), positions, positions.device, labels)
 
     def get_train_dataloader(self):
         """Trainer's loader; with a teacher cache, its workers also read each batch's cached teacher outputs."""

@@ -154,9 +154,20 @@ def test_stale_or_mismatched_cache_is_refused(tmp_path, whisper_setup):
     with pytest.raises(ValueError, match="fingerprint mismatch"):
         DistillationTrainer(model=student, teacher_model=other, args=args(tmp_path), teacher_cache=str(
             tmp_path / "cache"), **common)
-    with pytest.raises(ValueError, match="fingerprint mismatch"):
+    other_audio, _ = prepare_dataset(load_speech_dataset(str(write_corpus(tmp_path / "o", n=6, seed=5))), processor,
+                                     teacher)
+    with pytest.raises(ValueError, match="has no entry for the audio of examples"):
         DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path),
-                            teacher_cache=str(tmp_path / "cache"), **{**common, "train_dataset": ds.select(range(5))})
+                            teacher_cache=str(tmp_path / "cache"), **{**common, "train_dataset": other_audio})
+    # a subset of the cached rows is served; the same audio with other labels is refused when its batch is read
+    DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path),
+                        teacher_cache=str(tmp_path / "cache"), **{**common, "train_dataset": ds.select(range(5))})
+    relabelled = ds.with_format(None).map(lambda r: {"text": r["text"][::-1]}).remove_columns(["duration"])
+    relabelled, _ = prepare_dataset(relabelled, processor, teacher)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path),
+                                  teacher_cache=str(tmp_path / "cache"), **{**common, "train_dataset": relabelled})
+    with pytest.raises(ValueError, match=r"have other labels than the teacher cache .* rebuild it for these labels"):
+        next(iter(trainer.get_train_dataloader()))
     with pytest.raises(ValueError, match="temperature 2.0, this run uses 3.0"):
         DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path, temperature=3.0),
                             teacher_cache=str(tmp_path / "cache"), **common)
@@ -299,3 +310,25 @@ def test_cache_settings_are_checked(tmp_path, whisper_setup):
         cache_teacher(teacher, processor, ds, tmp_path / "c", temperature=0.0, progress=False)
     with pytest.raises(ValueError, match="k must be between 1 and the vocabulary size"):
         cache_teacher(teacher, processor, ds, tmp_path / "c", k=0, progress=False)
+
+
+def test_training_from_an_encoder_cache_never_reads_the_audio(tmp_path, whisper_setup, monkeypatch):
+    import hf_asr_distill.data as data_module
+
+    processor, teacher, ds = whisper_setup
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=0, encoder_outputs=True, progress=False)
+    raw = load_speech_dataset(str(write_corpus(tmp_path / "c", n=6)))
+    monkeypatch.setattr(data_module, "decode_audio", lambda *a, **k: pytest.fail("the audio was decoded"))
+    labels_only, _ = prepare_dataset(raw, processor, teacher, features=False)
+    assert "input_features" not in labels_only[0] and labels_only[0]["labels"]
+    student, _ = make_student(teacher, decoder_layers=2, freeze_encoder=True)
+    before = student.model.decoder.layers[0].fc1.weight.clone()
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path), teacher_cache=cache,
+                                  processing_class=processor, train_dataset=labels_only,
+                                  data_collator=collator_for(processor, student))
+    trainer.train()
+    assert not torch.equal(before, student.model.decoder.layers[0].fc1.weight)
+    plain = DistillationTrainer(model=student, teacher_model=teacher, args=args(tmp_path), processing_class=processor,
+                                train_dataset=labels_only, data_collator=collator_for(processor, student))
+    with pytest.raises(ValueError, match="no input_features: datasets prepared with features=False"):
+        plain.train()

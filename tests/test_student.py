@@ -76,3 +76,14 @@ def test_make_student_from_a_local_path(tmp_path):
     student, _ = make_student(str(tmp_path / "teacher"), decoder_layers=2)
     assert torch.equal(student.state_dict()["model.decoder.layers.1.fc1.weight"],
                        teacher.state_dict()["model.decoder.layers.3.fc1.weight"])
+
+
+def test_chosen_teacher_layers_initialise_the_student():
+    teacher = tiny_whisper()
+    student, layer_map = make_student(teacher, decoder_layers=2, copy_layers={"decoder": [2, 3]})
+    assert layer_map["decoder"] == {0: 2, 1: 3} and student.config.distillation_layer_map["decoder"] == {"0": 2, "1": 3}
+    t, s = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s["model.decoder.layers.0.fc1.weight"], t["model.decoder.layers.2.fc1.weight"])
+    assert torch.equal(s["model.decoder.layers.1.fc1.weight"], t["model.decoder.layers.3.fc1.weight"])
+    with pytest.raises(ValueError, match=r"copy_layers\['decoder'\]=\[3\] must name 2 teacher layers between 0 and 3"):
+        make_student(teacher, decoder_layers=2, copy_layers={"decoder": [3]})
