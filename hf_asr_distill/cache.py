@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
+from .distributed import process_state, share_of
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
@@ -196,7 +196,7 @@ def _check_settings(teacher: PreTrainedModel, family: Family, k: int, temperatur
         raise ValueError(f"hidden_layers names stacks {unknown}; {family.title} models have {list(family.stacks)}.")
 
 
-def _start_manifest(out: Path, manifest: dict, state: PartialState) -> None:
+def _start_manifest(out: Path, manifest: dict, state: Any) -> None:
     """Write the manifest (main process), or check that the folder holds this very cache; then synchronise."""
     path = out / MANIFEST
     if path.exists():
@@ -237,7 +237,7 @@ def cache_teacher(
 
     family = family_of(teacher)
     _check_settings(teacher, family, k, temperature, hidden_layers, encoder_outputs)
-    state = PartialState()
+    state = process_state()
     settings = {"version": CACHE_VERSION, "k": k, "temperature": temperature, "layers": hidden_layers or {},
                 "encoder_outputs": encoder_outputs, "dtype": str(teacher.dtype), "family": family.name}
     out = Path(output_dir)
@@ -254,7 +254,7 @@ def cache_teacher(
         raise ValueError(f"{out} holds other audio for examples {changed[:5]}: this is another dataset; use a new "
                          "directory.")
     todo = [i for i, example in enumerate(ids) if example not in done]
-    mine = todo[state.process_index::state.num_processes]
+    mine = share_of(todo, batch_size, state)
     writer = ShardWriter(out, state.process_index, shard_bytes)
     teacher.eval()
     loader = row_loader(dataset, mine, None, collator_for(processor, teacher), batch_size, num_workers)
@@ -357,6 +357,25 @@ class TeacherCache:
             raise ValueError(f"{self.path} holds {len(self._where)} examples, its manifest says "
                              f"{self.manifest['examples']}: the cache is damaged; rebuild it.")
 
+    def _shard(self, path: Path) -> Any:
+        """An open shard, kept open (up to 32 per process): reopening one parses its whole header every batch."""
+        if getattr(self, "_pid", None) != os.getpid():  # a forked DataLoader worker opens its own
+            self._pid, self._handles = os.getpid(), {}
+        handle = self._handles.pop(path, None) or safe_open(str(path), framework="pt")
+        self._handles[path] = handle  # most recently used last
+        while len(self._handles) > 32:
+            self._handles.pop(next(iter(self._handles)))
+        return handle
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_handles", "_pid")}  # handles do not pickle
+
+    def _names(self) -> list[str]:
+        """What every example holds, from the settings (no shard needs listing)."""
+        names = ["logprobs", "indices"] if self.manifest["k"] else []
+        names += [f"hidden.{stack}.{layer}" for stack, layers in self.manifest["layers"].items() for layer in layers]
+        return names + (["encoder"] if self.manifest["encoder_outputs"] else [])
+
     @property
     def has_probabilities(self) -> bool:
         return self.manifest["k"] > 0
@@ -379,16 +398,19 @@ class TeacherCache:
     def _read_examples(self, examples: list[int]) -> dict[int, dict[str, torch.Tensor]]:
         """All cached tensors of `examples`, opening each shard once."""
         by_shard: dict[Path, list[int]] = {}
+        missing = [example for example in examples if example not in self._where]
+        if missing:
+            raise ValueError(f"Examples {missing[:5]} are not in the teacher cache in {self.path}: it was made for "
+                             "other rows; rebuild it for this training set.")
         for example in examples:
             by_shard.setdefault(self._where[example], []).append(example)
         out: dict[int, dict[str, torch.Tensor]] = {}
+        names = self._names()
         for shard, members in by_shard.items():
             try:
-                with safe_open(str(shard), framework="pt") as f:
-                    for example in members:
-                        prefix = f"{example}."
-                        out[example] = {key[len(prefix):]: f.get_tensor(key) for key in f.keys()
-                                        if key.startswith(prefix)}
+                f = self._shard(shard)
+                for example in members:
+                    out[example] = {name: f.get_tensor(f"{example}.{name}") for name in names}
             except (SafetensorError, OSError) as err:
                 raise ValueError(f"Cache shard {shard} cannot be read ({err}): delete it and its index line, and "
                                  "run cache_teacher again to redo it.") from err
@@ -415,24 +437,28 @@ class TeacherCache:
         cpu_positions = positions.cpu()
         for row, example in enumerate(example_ids):
             mask, tensors = cpu_positions[row], stored[example]
+            count = int(mask.sum())
+            # right-padded batches: the valid positions are a prefix, and a slice is much cheaper than a mask
+            where = slice(0, count) if bool(mask[:count].all()) else mask
             if k:
                 values = tensors["logprobs"]
-                if values.shape[0] != int(mask.sum()):
+                if values.shape[0] != count:
                     raise ValueError(f"example {example}: the cache has {values.shape[0]} positions, the batch "
-                                     f"{int(mask.sum())}; the cache was made from other data.")
-                logprobs[row, mask] = values
-                indices[row, mask] = tensors["indices"].long()
+                                     f"{count}; the cache was made from other data.")
+                logprobs[row, where] = values
+                indices[row, where] = tensors["indices"].long()
             for stack, layers in self.manifest["layers"].items():
                 for layer in layers:
                     state = tensors[f"hidden.{stack}.{layer}"]
                     every = stack in whole
-                    size = state.shape if every else (positions.shape[1], state.shape[-1])
-                    full = hidden.setdefault(stack, {}).setdefault(
-                        int(layer), torch.zeros(positions.shape[0], *size, dtype=torch.float16))
+                    full = hidden.setdefault(stack, {}).get(int(layer))
+                    if full is None:  # allocated once per batch
+                        size = state.shape if every else (positions.shape[1], state.shape[-1])
+                        full = hidden[stack][int(layer)] = torch.zeros(positions.shape[0], *size, dtype=torch.float16)
                     if every:
                         full[row] = state
                     else:
-                        full[row, mask] = state
+                        full[row, where] = state
             if self.manifest["encoder_outputs"]:
                 encoder.append(tensors["encoder"])
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from accelerate import PartialState
 from transformers import AutoProcessor, HfArgumentParser
 
 from .config import DistillationConfig
+from .distributed import process_state
 
 
 @dataclass
@@ -101,7 +101,9 @@ class EvalArguments:
                                                           "with a language use their language's normaliser."})
     long_form: bool = field(default=True, metadata={"help": "Decode audio longer than the model's window (Whisper: "
                                                             "30 s) long-form instead of dropping it."})
-    device: str = field(default="cpu", metadata={"help": "Device to run on: cpu, cuda, cuda:1, ..."})
+    device: str = field(default="auto", metadata={"help": "Device: auto (each process's own GPU under accelerate "
+                                                          "launch, else the GPU or CPU), cpu, cuda, cuda:1, ..."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding the audio."})
     no_repeat_ngram_size: int | None = field(
         default=None, metadata={"help": "Whisper generation: forbid repeating n-grams of this size (anti-loop)."})
     repetition_penalty: float | None = field(
@@ -184,14 +186,26 @@ def cmd_distill(argv: list[str]) -> None:
         raw = load_speech_dataset(d_args.dataset, d_args.eval_split, d_args.audio_column, d_args.text_column)
         test, _ = prepare_dataset(_limit(raw, d_args.max_samples), long_form=True,
                                   **{**prepare, "timestamp_probability": 0.0, "max_seconds": None})
-        _report({"teacher": trainer.teacher, "student": trainer.model}, processor, test,
-                Path(config.output_dir) / "report", batch_size=config.per_device_eval_batch_size)
+        # the saved student and a fresh teacher: whatever the backend did to them (ZeRO-3 partitions), every process
+        # evaluates its share of the rows on its device, and the main process writes the report
+        device = _device("auto")
+        _report({"teacher": load_model(t_args.teacher).to(device), "student": load_model(config.output_dir).to(device)},
+                processor, test, Path(config.output_dir) / "report", batch_size=config.per_device_eval_batch_size)
+
+
+def _device(name: str) -> Any:
+    """`auto`: this process's device (its own GPU under accelerate launch / torchrun, else the GPU or the CPU)."""
+    import torch
+
+    return process_state().device if name == "auto" else torch.device(name)
 
 
 def _report(models: dict, processor: Any, dataset: Any, output_dir: Path, **kwargs: Any) -> list:
-    from .evaluation import compare, evaluate_model, report_meta, report_table, write_report
+    from .evaluation import compare, evaluate_model, report_meta, write_report
 
     results = compare([evaluate_model(name, model, processor, dataset, **kwargs) for name, model in models.items()])
+    if not process_state().is_main_process:  # every process has the gathered results; one writes them
+        return results
     paths = write_report(results, output_dir, meta=report_meta(results, models["teacher"], len(dataset)))
     print(paths["md"].read_text())
     print(f"report written to {', '.join(str(p) for p in paths.values())}")
@@ -208,7 +222,7 @@ def cmd_evaluate(argv: list[str]) -> None:
     t_args, e_args, lang = _parse((TeacherArguments, EvalArguments, LanguageArguments), argv,
                                   "hf-asr-distill evaluate")
     processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
-    device = torch.device(e_args.device)
+    device = _device(e_args.device)
     models = {"teacher": load_model(t_args.teacher).to(device)}
     for path in e_args.student:
         models[Path(path).name if len(e_args.student) > 1 else "student"] = load_model(path).to(device)
@@ -284,7 +298,8 @@ class PseudoLabelArguments:
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding the audio."})
     batch_size: int = field(default=8, metadata={"help": "Transcription batch size."})
     max_samples: int | None = field(default=None, metadata={"help": "Transcribe at most this many rows."})
-    device: str = field(default="cpu", metadata={"help": "Device: cpu, cuda, ..."})
+    device: str = field(default="auto", metadata={"help": "Device: auto (each process's own GPU under accelerate "
+                                                          "launch, else the GPU or CPU), cpu, cuda, ..."})
 
 
 def cmd_pseudo_label(argv: list[str]) -> None:
@@ -299,13 +314,14 @@ def cmd_pseudo_label(argv: list[str]) -> None:
                              "hf-asr-distill pseudo-label")
     max_wer = None if a.max_wer.lower() == "none" else float(a.max_wer)
     processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
-    teacher = load_model(t_args.teacher).to(torch.device(a.device))
+    teacher = load_model(t_args.teacher).to(_device(a.device))
     raw = _limit(load_speech_dataset(a.dataset, a.split, a.audio_column, None), a.max_samples)
     labelled, stats = pseudo_label(teacher, processor, raw, a.audio_column, a.text_column, a.output_column,
                                    max_wer, batch_size=a.batch_size, work_dir=Path(a.output_dir) / "progress",
                                    timestamps=a.timestamps, num_workers=a.num_workers, **lang.options())
-    if PartialState().is_main_process:
-        labelled.save_to_disk(str(Path(a.output_dir) / "dataset"))
+    if not process_state().is_main_process:  # every process has the merged result; one saves it
+        return
+    labelled.save_to_disk(str(Path(a.output_dir) / "dataset"))
     print(f"kept {stats.kept} of {stats.transcribed} rows ({stats}); saved to {Path(a.output_dir) / 'dataset'}")
 
 
@@ -321,6 +337,10 @@ class CacheArguments:
     language: str | None = field(default=None, metadata={"help": "Whisper: as distill --language."})
     task: str | None = field(default=None, metadata={"help": "Whisper: as distill --task."})
     seed: int = field(default=42, metadata={"help": "As distill --seed (it picks the rows trained with timestamps)."})
+    shard_mb: int = field(default=1000, metadata={"help": "Size of a cache shard (MB): one file per this much."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding the audio."})
+    device: str = field(default="auto", metadata={"help": "Device: auto (each process's own GPU under accelerate "
+                                                          "launch, else the GPU or CPU), cpu, cuda, ..."})
 
 
 def cmd_cache_teacher(argv: list[str]) -> None:
@@ -333,16 +353,19 @@ def cmd_cache_teacher(argv: list[str]) -> None:
 
     t_args, d, a = _parse((TeacherArguments, DataArguments, CacheArguments), argv, "hf-asr-distill cache-teacher")
     processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
-    teacher = load_model(t_args.teacher)
+    teacher = load_model(t_args.teacher).to(_device(a.device))
     raw = _limit(load_speech_dataset(d.dataset, d.train_split, d.audio_column, d.text_column), d.max_samples)
     dataset, _ = prepare_dataset(raw, processor, teacher, language=a.language, task=a.task, seed=a.seed,
                                  **d.prepare_options())
-    if a.encoder_outputs:  # say what it costs before spending it
+    main = process_state().is_main_process
+    if a.encoder_outputs and main:  # say what it costs before spending it
         print(f"encoder outputs: {encoder_output_bytes(teacher, len(dataset)) / 1e9:.2f} GB on disk (fp16)")
     layers = {k: list(v) for k, v in json.loads(a.hidden_layers).items()} if a.hidden_layers else None
     cache_teacher(teacher, processor, dataset, a.output_dir, k=a.k, temperature=a.temperature, hidden_layers=layers,
-                  encoder_outputs=a.encoder_outputs, batch_size=a.batch_size)
-    print(f"cache complete: {cache_size_bytes(a.output_dir) / 1e6:.1f} MB in {a.output_dir}")
+                  encoder_outputs=a.encoder_outputs, batch_size=a.batch_size, shard_bytes=a.shard_mb * 10**6,
+                  num_workers=a.num_workers, audio_column=d.audio_column)
+    if main:
+        print(f"cache complete: {cache_size_bytes(a.output_dir) / 1e6:.1f} MB in {a.output_dir}")
 
 
 def cmd_demo(argv: list[str]) -> None:

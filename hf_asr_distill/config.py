@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from transformers import Seq2SeqTrainingArguments
+
+from .distributed import has_accelerator
 
 KD_LOSSES = ("kl", "soft_ce", "reverse_kl", "jsd")
 HIDDEN_LOSSES = ("mse", "l1", "cosine", "l1_cosine")
@@ -17,9 +20,13 @@ TASKS = ("transcribe", "translate")
 LAYER_MAP_FIELDS = ("hidden_layer_map", "encoder_layer_map", "decoder_layer_map")
 
 
-def _has_accelerator() -> bool:
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every backend; older ones: CUDA
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+def auto_workers(use_cpu: bool = False) -> int:
+    """DataLoader workers for feature extraction: the CPU cores per local training process (at most 8) when a GPU
+    trains, none on a CPU-only run."""
+    if use_cpu or not has_accelerator():
+        return 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, min(8, (os.cpu_count() or 1) // local))
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -135,6 +142,18 @@ class DistillationConfig(Seq2SeqTrainingArguments):
         metadata={"help": "Column with each row's length for group_by_length: prepare_dataset keeps the audio "
                           "duration (seconds) as `duration`."},
     )
+    nonfinite_loss: str = field(
+        default="stop",
+        metadata={"help": "A batch whose loss is NaN or infinite on any process: 'stop' (every process stops with "
+                          "the same message naming the examples) or 'skip' (every process skips it; counted and "
+                          "logged as nonfinite_skipped, with the examples)."},
+    )
+    dataloader_num_workers: int = field(
+        default=-1,
+        metadata={"help": "DataLoader worker processes decoding audio and extracting features. -1 (auto): on a GPU, "
+                          "the CPU cores per training process (at most 8), so a step never waits for log-mel "
+                          "features; on a CPU, 0 (workers would take cores from the training itself)."},
+    )
     share_frozen_encoder: bool = field(
         default=True,
         metadata={
@@ -143,9 +162,22 @@ class DistillationConfig(Seq2SeqTrainingArguments):
         },
     )
 
+    def __getstate__(self) -> dict:
+        """Pickled arguments never carry the Hub token: Trainer writes them as training_args.bin into every
+        checkpoint and into the folder it uploads (`push_to_hub=True`, every `hub_strategy`)."""
+        return {**self.__dict__, "hub_token": None}
+
+    def __deepcopy__(self, memo: dict) -> "DistillationConfig":
+        copied = type(self).__new__(type(self))  # an in-memory copy keeps the token (pickling drops it)
+        memo[id(self)] = copied
+        copied.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return copied
+
     def __post_init__(self) -> None:
+        if self.dataloader_num_workers == -1:
+            self.dataloader_num_workers = auto_workers(self.use_cpu)
         super().__post_init__()
-        if self.dataloader_pin_memory and (self.use_cpu or not _has_accelerator()):
+        if self.dataloader_pin_memory and (self.use_cpu or not has_accelerator()):
             self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on each DataLoader without
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
@@ -158,6 +190,7 @@ class DistillationConfig(Seq2SeqTrainingArguments):
         _check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        _check_choice("nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
         if self.task is not None:
             _check_choice("task", self.task, TASKS)
         if self.projection_learning_rate is not None and not self.projection_learning_rate > 0:

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from accelerate import PartialState
+from .distributed import process_state
 from datasets import Audio, Dataset, DatasetDict, IterableDataset, concatenate_datasets, load_dataset, load_from_disk
 from transformers import PreTrainedModel
 
@@ -38,15 +38,28 @@ class AudioError(ValueError):
 # ---- loading ---------------------------------------------------------------------------------------------------
 
 
-def _manifest(path: Path, audio_column: str) -> Dataset:
+@dataclass
+class _ResolvePaths:
+    """Audio paths relative to the manifest's folder made absolute (a picklable map function)."""
+
+    base: str
+    source: str
+    target: str
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        return {self.target: [str(Path(self.base) / name) for name in batch[self.source]]}
+
+
+def _manifest(path: Path, audio_column: str, streaming: bool = False) -> Dataset | IterableDataset:
     """A CSV/JSONL manifest; relative audio paths are taken relative to the manifest's folder."""
     builder = "csv" if path.suffix == ".csv" else "json"
-    ds = load_dataset(builder, data_files=str(path), split="train")
-    column = "file_name" if audio_column not in ds.column_names and "file_name" in ds.column_names else audio_column
-    if column not in ds.column_names:
-        raise ValueError(f"{path} has no audio column {audio_column!r}; its columns are {ds.column_names}.")
-    base = path.parent
-    ds = ds.map(lambda row: {audio_column: str(base / row[column])}, desc="resolving audio paths")
+    ds = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
+    columns = ds.column_names or list(next(iter(ds)))
+    column = "file_name" if audio_column not in columns and "file_name" in columns else audio_column
+    if column not in columns:
+        raise ValueError(f"{path} has no audio column {audio_column!r}; its columns are {columns}.")
+    resolve = _ResolvePaths(str(path.parent), column, audio_column)
+    ds = ds.map(resolve, batched=True) if streaming else ds.map(resolve, batched=True, desc="resolving audio paths")
     return ds.remove_columns("file_name") if column == "file_name" and audio_column != "file_name" else ds
 
 
@@ -58,30 +71,35 @@ def _find_metadata(folder: Path) -> Path | None:
 
 
 def load_speech_dataset(
-    source: str, split: str = "train", audio_column: str = "audio", text_column: str | None = "text", **kwargs: Any
-) -> Dataset:
+    source: str, split: str = "train", audio_column: str = "audio", text_column: str | None = "text",
+    streaming: bool = False, **kwargs: Any,
+) -> Dataset | IterableDataset:
     """Load one split of a speech dataset; audio stays undecoded (decoded later by `decode_audio`).
 
-    `text_column=None` allows unlabelled audio. Extra keyword arguments go to `datasets.load_dataset` for Hub ids.
+    `text_column=None` allows unlabelled audio. `streaming=True` returns an `IterableDataset` that reads rows as
+    they are used (a corpus larger than the disk or the patience of a full pass); train on it with `max_steps`.
+    Extra keyword arguments go to `datasets.load_dataset` for Hub ids.
     """
     path = Path(source)
     if path.is_file():
-        ds = _manifest(path, audio_column)
+        ds = _manifest(path, audio_column, streaming)
     elif path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         loaded = load_from_disk(str(path))
         ds = loaded[split] if isinstance(loaded, DatasetDict) else loaded
+        ds = ds.to_iterable_dataset() if streaming else ds
     elif path.is_dir():
         metadata = _find_metadata(path / split) or _find_metadata(path)
         if metadata is None:
             raise ValueError(f"{path} has no metadata.csv or metadata.jsonl (in {path / split} or in itself).")
-        ds = _manifest(metadata, audio_column)
+        ds = _manifest(metadata, audio_column, streaming)
     else:
-        ds = load_dataset(source, split=split, **kwargs)
-    if audio_column not in ds.column_names:
-        raise ValueError(f"{source} has no audio column {audio_column!r}; its columns are {ds.column_names}.")
-    if text_column is not None and text_column not in ds.column_names:
-        raise ValueError(f"{source} has no text column {text_column!r}; its columns are {ds.column_names}.")
-    if isinstance(ds.features.get(audio_column), Audio):
+        ds = load_dataset(source, split=split, streaming=streaming, **kwargs)
+    columns = ds.column_names
+    if columns is not None and audio_column not in columns:
+        raise ValueError(f"{source} has no audio column {audio_column!r}; its columns are {columns}.")
+    if columns is not None and text_column is not None and text_column not in columns:
+        raise ValueError(f"{source} has no text column {text_column!r}; its columns are {columns}.")
+    if ds.features is not None and isinstance(ds.features.get(audio_column), Audio):
         ds = ds.cast_column(audio_column, Audio(decode=False))  # decode ourselves: no ffmpeg/torchcodec needed
     return ds
 
@@ -342,7 +360,7 @@ def _prepare_map_style(ds: Dataset, check: RowCheck, transform: "FeatureTransfor
                           check.options.timestamp_column, "example_id") if c is not None and c in ds.column_names]
     old = [c for c in CHECK_COLUMNS if c in ds.column_names]  # a dataset prepared before: checked again
     ds = ds.remove_columns(old) if old else ds
-    with PartialState().main_process_first():
+    with process_state().main_process_first():
         # Only the new columns are written: the audio (paths or embedded bytes) is read, never copied.
         checked = ds.select_columns(needed).map(check, batched=True, with_indices=True, num_proc=num_proc,
                                                 remove_columns=needed, desc="checking rows")
@@ -353,7 +371,7 @@ def _prepare_map_style(ds: Dataset, check: RowCheck, transform: "FeatureTransfor
     if "example_id" in ds.column_names:
         ds = ds.remove_columns("example_id")
     ds = concatenate_datasets([ds, checked], axis=1)
-    with PartialState().main_process_first():
+    with process_state().main_process_first():
         ds = ds.filter(lambda reason: not reason, input_columns="skip_reason", num_proc=num_proc,
                        desc="dropping skipped rows")
     ds = ds.remove_columns(["skip_reason", "skip_message"])

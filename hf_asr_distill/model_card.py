@@ -144,7 +144,8 @@ def build_model_card(
 
 
 def push_student(folder: str | Path, repo_id: str, card: ModelCard | None = None, token: str | None = None,
-                 private: bool | None = None, commit_message: str = "Upload distilled student") -> Any:
+                 private: bool | None = None, commit_message: str = "Upload distilled student",
+                 revision: str | None = None) -> Any:
     """Upload a saved student: weights, configs, processor, generation config and card only.
 
     Checkpoints, projections, training arguments, optimizer state and the teacher are never uploaded.
@@ -156,7 +157,7 @@ def push_student(folder: str | Path, repo_id: str, card: ModelCard | None = None
     api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=UPLOAD_PATTERNS,
                              ignore_patterns=["checkpoint-*", "projections.safetensors"],
-                             commit_message=commit_message)
+                             commit_message=commit_message, revision=revision)
 
 
 # ---- from a trainer --------------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def trainer_card(trainer: Any, repo_id: str | None = None, **kwargs: Any) -> Mod
 
 
 def push_trainer(trainer: Any, commit_message: str | None, token: str | None, private: bool | None,
-                 **card_kwargs: Any) -> Any:
+                 revision: str | None = None, **card_kwargs: Any) -> Any:
     """Save a trainer's student and upload it with its card (only from the main process)."""
     trainer.save_model(_internal_call=True)
     if not trainer.is_world_process_zero():
@@ -202,4 +203,4 @@ def push_trainer(trainer: Any, commit_message: str | None, token: str | None, pr
         shutil.copy(chart, Path(args.output_dir) / "report.png")
     return push_student(args.output_dir, repo_id, card, token=token or args.hub_token,
                         private=args.hub_private_repo if private is None else private,
-                        commit_message=commit_message or "Upload distilled student")
+                        commit_message=commit_message or "Upload distilled student", revision=revision)

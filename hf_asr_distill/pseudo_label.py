@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jiwer
-from accelerate import PartialState
+from .distributed import process_state, share_of
 from datasets import Dataset
 from transformers import PreTrainedModel
 
@@ -62,7 +62,7 @@ def _load_progress(folder: Path) -> dict[int, dict]:
     return done
 
 
-def _progress_file(folder: Path, state: PartialState) -> Path:
+def _progress_file(folder: Path, state: Any) -> Path:
     name = PROGRESS_FILE if state.num_processes == 1 else f"pseudo_labels.rank{state.process_index}.jsonl"
     return folder / name
 
@@ -84,14 +84,14 @@ def transcribe_dataset(
 ) -> list[str]:
     """The teacher's transcript of every row (with Whisper's timestamp tokens when `timestamps=True`).
 
-    Under `accelerate launch`/`torchrun` each process transcribes its share of the rows (every n-th) through a
+    Under `accelerate launch`/`torchrun` each process transcribes its share of the batches (every n-th) through a
     DataLoader with `num_workers` workers decoding audio; with `work_dir`, each writes its progress batch by batch,
     and a rerun (with any number of processes) resumes without redoing or losing rows. Every process returns the
     whole, merged result (in the dataset's order).
     """
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    state = process_state()
     family = family_of(teacher)
     options = LabelOptions(language, language_column, task)
     options.codes = family.language_codes(teacher, language, language_column, task)
@@ -103,7 +103,7 @@ def transcribe_dataset(
     todo = [i for i in range(len(dataset)) if i not in done]
     if done:
         logger.info("pseudo-labelling resumes: %d rows done, %d to go", len(done), len(todo))
-    mine = todo[state.process_index::state.num_processes]
+    mine = share_of(todo, batch_size, state)
     teacher.eval()
     loader = row_loader(dataset, mine, transform, collator_for(processor, teacher), batch_size, num_workers)
     with open(_progress_file(folder, state), "a") as log:

@@ -13,9 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer
+from accelerate.utils import gather_object
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .cache import CachedBatch, CachedCollator, TeacherCache, open_cache
@@ -31,6 +34,16 @@ from .teacher import check_backend, check_pair, freeze, place_teacher, shares_en
 logger = logging.getLogger(__name__)
 
 __all__ = ["DistillationTrainer", "PROJECTIONS_FILE", "check_backend", "check_pair"]
+
+
+def last_complete_checkpoint(output_dir: str) -> str:
+    """The highest-numbered checkpoint that holds trainer_state.json (written last); refuses when there is none."""
+    folders = sorted(Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for folder in reversed(folders):
+        if (folder / TRAINER_STATE_NAME).is_file():
+            return str(folder)
+        logger.warning("%s is incomplete (no %s): resuming from an earlier checkpoint.", folder, TRAINER_STATE_NAME)
+    raise ValueError(f"No complete checkpoint in {output_dir} to resume from.")
 
 
 class DistillationTrainer(Seq2SeqTrainer):
@@ -73,6 +86,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         # the student generates as it was trained: in its language, for its task (saved in its generation config)
         self.family.set_generation_defaults(self.model, args.language, args.task)
         self._setup_teacher(teacher_model, teacher_cache)
+        self.nonfinite_skipped = 0  # batches skipped for a non-finite loss (nonfinite_loss="skip")
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         logger.info("Distillation: family=%s shared encoder=%s layer maps=%s", self.family.name, self.share_encoder,
                     self.layer_maps)
@@ -210,13 +224,33 @@ class DistillationTrainer(Seq2SeqTrainer):
         loss = count.new_zeros((), dtype=torch.float32)
         loss = loss + sum(weights[name] * value * token_scale for name, value in token_terms.items())
         loss = loss + sum(weights[name] * value / ga_steps for name, value in mean_terms.items())
-        if not torch.isfinite(loss):
-            values = {n: v.item() for n, v in {**token_terms, **mean_terms}.items()}
-            raise FloatingPointError(
-                f"The distillation loss is not finite ({values}) on the batch of examples "
-                f"{example_ids.tolist() if example_ids is not None else '(ids unknown)'}. "
-                "Check those rows' audio and labels, or lower the learning rate.")
-        return loss
+        return self._finite_on_every_rank(model, loss, {**token_terms, **mean_terms}, example_ids)
+
+    def _finite_on_every_rank(self, model: nn.Module, loss: torch.Tensor, terms: dict,
+                              example_ids: torch.Tensor | None) -> torch.Tensor:
+        """A non-finite loss on any process is known to every process in the same step (one small all-reduce), so
+        all stop with the same message, or all skip the batch (`nonfinite_loss="skip"`): none is left waiting in
+        the next gradient all-reduce until the timeout."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if model.training and self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if not bad.item():
+            return loss
+        here = {n: v.item() for n, v in terms.items()} if not torch.isfinite(loss) else None
+        ids = example_ids.tolist() if example_ids is not None else "(ids unknown)"
+        reports = [(self.accelerator.process_index, ids, here)]
+        if model.training and self.accelerator.num_processes > 1:  # which process saw it, and on which rows
+            reports = gather_object(reports)
+        where = "; ".join(f"process {rank}: examples {rows}, terms {values}" for rank, rows, values in reports
+                          if values is not None)
+        if not model.training or self.args.nonfinite_loss == "stop":
+            raise FloatingPointError(f"The distillation loss is not finite ({where}). Check those rows' audio and "
+                                     "labels, or lower the learning rate; nonfinite_loss='skip' skips such batches.")
+        self.nonfinite_skipped += 1
+        logger.warning("Skipped a batch with a non-finite loss on every process (%d so far): %s",
+                       self.nonfinite_skipped, where)
+        # zero gradients on every process, through every trainable weight, so gradient sync happens as usual
+        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
     def _run_teacher(self, model_inputs: dict[str, Any], student_outputs: Any, want_hidden: bool,
                      cached_encoder: torch.Tensor | None = None) -> Any:
@@ -247,6 +281,14 @@ class DistillationTrainer(Seq2SeqTrainer):
             raise ValueError("A teacher cache needs `example_id` in every batch: prepare the dataset with "
                              "prepare_dataset and batch it with collator_for.")
         return self.cache.batch(example_ids.tolist(), positions, positions.device, labels)
+
+    def _get_train_sampler(self, train_dataset: Any = None):
+        """Trainer's sampler, given the rows without their feature transform: `group_by_length` then reads the kept
+        `duration` column instead of decoding every row's audio."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, datasets.Dataset) and dataset.format.get("type") == "custom":
+            dataset = dataset.with_format(None)
+        return super()._get_train_sampler(dataset)
 
     def get_train_dataloader(self):
         """Trainer's loader; with a teacher cache, its workers also read each batch's cached teacher outputs."""
@@ -284,6 +326,8 @@ class DistillationTrainer(Seq2SeqTrainer):
                 value = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean")
                 logs[prefix + name] = round(value.item(), 6)
             self._metrics[mode].clear()
+            if mode == "train" and self.nonfinite_skipped:
+                logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, start_time)
 
     # ---- evaluation ------------------------------------------------------------------------------------------
@@ -312,22 +356,26 @@ class DistillationTrainer(Seq2SeqTrainer):
     # ---- saving, resuming, publishing ------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the student (projections and teacher are not part of it) and `distillation.json`."""
-        token, self.args.hub_token = self.args.hub_token, None  # training_args.bin must not carry a Hub token
-        try:
-            super()._save(output_dir, state_dict=state_dict)
-        finally:
-            self.args.hub_token = token
+        """Save the student (projections and teacher are not part of it) and `distillation.json`. (The pickled
+        training_args.bin never holds the Hub token: see `DistillationConfig.__getstate__`.)"""
+        super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             record = distillation_record(self)
             Path(output_dir or self.args.output_dir, RECORD_FILE).write_text(json.dumps(record, indent=2))
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Trainer's checkpoint plus the projections and their optimizer state (`projection.py`)."""
-        super()._save_checkpoint(model, trial)
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Trainer's optimizer and schedule, then the projections and their optimizer (`projection.py`): all before
+        trainer_state.json, which Trainer writes last, so a checkpoint with it is complete."""
+        super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            self.projections.save(str(folder), self)
+            self.projections.save(output_dir, self)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Trainer's train; `resume_from_checkpoint=True` takes the last *complete* checkpoint (one a kill or a full
+        disk interrupted is passed over, with a warning)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """Trainer's optimizer and schedule, then the projections. Trainer calls this on every resume path
@@ -340,10 +388,12 @@ class DistillationTrainer(Seq2SeqTrainer):
         """The student's card: recipe, layer maps, and the report in `output_dir/report/report.json` if present."""
         return trainer_card(self, repo_id, **kwargs)
 
-    def push_to_hub(self, commit_message: str | None = "End of training", token: str | None = None,
-                    private: bool | None = None, **card_kwargs: Any) -> Any:
-        """Save the student and upload it with its processor, generation config and card (see `push_student`).
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **card_kwargs: Any) -> Any:
+        """Save the student and upload it with its processor, generation config and card (see `push_student`), with
+        Trainer's signature (Trainer calls it itself after `save_model` when `push_to_hub=True`).
 
         The teacher, projections, checkpoints and training arguments stay local.
         """
-        return push_trainer(self, commit_message, token, private, **card_kwargs)
+        return push_trainer(self, commit_message, token, private, revision=revision, **card_kwargs)

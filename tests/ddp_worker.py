@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -40,6 +41,7 @@ def deepspeed_config(stage: int) -> dict:
 
 
 def main(out_dir, per_device_batch):
+    os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(0)
     stage = int(os.environ.get("DS_STAGE", 0))
     use_cpu = os.environ.get("USE_CPU", "1") == "1"  # USE_CPU=0 (with FSDP=1 or DS_STAGE): the GPU check
@@ -56,12 +58,34 @@ def main(out_dir, per_device_batch):
         disable_tqdm=True, alpha_hidden=float(os.environ.get("ALPHA_HIDDEN", 1.0)),
         ddp_backend="gloo" if "WORLD_SIZE" in os.environ and use_cpu else None,
         deepspeed=deepspeed_config(stage) if stage else None,
+        nonfinite_loss=os.environ.get("NONFINITE", "stop"),
     )
     # Equal label lengths: per-process means of the hidden term then equal the global mean, so runs match closely.
     rows = [{**r, "labels": (list(r["labels"]) * 3)[:8]} for r in whisper_rows(24)]
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows,
                                   data_collator=collator_for(whisper_features(), student))
-    trainer.train(resume_from_checkpoint=os.environ.get("RESUME") or None)
+    if os.environ.get("NAN_RANK") == os.environ.get("RANK", "0"):  # one process meets a NaN, the others do not
+        compute, calls = trainer.compute_loss, []
+
+        def poisoned(model, inputs, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == int(os.environ.get("NAN_STEP", 2)):
+                inputs = {**inputs, "input_features": inputs["input_features"] * float("nan")}
+            return compute(model, inputs, *args, **kwargs)
+
+        trainer.compute_loss = poisoned
+    if os.environ.get("SLOW"):  # time for a test to kill a process between checkpoints
+        from transformers import TrainerCallback
+
+        class Slow(TrainerCallback):
+            def on_step_end(self, *args, **kwargs):
+                time.sleep(float(os.environ["SLOW"]))
+
+        trainer.add_callback(Slow())
+    with open(os.path.join(out_dir, f"pid_rank{os.environ.get('RANK', 0)}"), "w") as f:
+        f.write(str(os.getpid()))
+    resume = os.environ.get("RESUME") or None
+    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
     rank = int(os.environ.get("RANK", 0))
     params = list(trainer.model.parameters())
     gathered = deepspeed.zero.GatheredParameters(params) if stage == 3 else contextlib.nullcontext()
@@ -73,6 +97,8 @@ def main(out_dir, per_device_batch):
         "teacher_wrapped": type(trainer.teacher_runner).__name__,
         "teacher_partitioned": sum(p.numel() == 0 for p in trainer.teacher.parameters()),
         "shared_encoder": trainer.share_encoder,
+        "skipped": trainer.nonfinite_skipped,
+        "finite": all(torch.isfinite(p).all().item() for p in trainer.model.parameters()),
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
         "kd": [e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e],
         "student": student,

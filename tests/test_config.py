@@ -41,3 +41,16 @@ def test_layer_map_from_json(tmp_path):
     args = make(tmp_path, hidden_layer_map='{"1": 4, "2": 12}', decoder_layer_map={"1": 2})
     assert args.hidden_layer_map == {1: 4, 2: 12}
     assert args.decoder_layer_map == {1: 2}
+
+
+def test_dataloader_workers_are_chosen_for_the_machine(tmp_path, monkeypatch):
+    import hf_asr_distill.config as config_module
+
+    assert make(tmp_path).dataloader_num_workers == 0  # this CPU machine: workers would take the training's cores
+    assert make(tmp_path, dataloader_num_workers=3).dataloader_num_workers == 3  # asked for: kept
+    monkeypatch.setattr(config_module, "has_accelerator", lambda: True)
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 32)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert config_module.auto_workers() == 4  # 32 cores shared by 8 GPU processes
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert config_module.auto_workers() == 8 and config_module.auto_workers(use_cpu=True) == 0

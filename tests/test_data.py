@@ -126,3 +126,59 @@ def test_ctc_collator_pads_audio_with_a_mask():
     assert batch["input_values"].shape == (2, 5)
     assert batch["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[1, 2], [3, -100]]
+
+
+def test_a_stream_is_checked_as_it_streams_and_trains(tmp_path):
+    from helpers import make_args
+    from hf_asr_distill import DistillationTrainer, collator_for, make_student
+
+    processor = ctc_processor(tmp_path)
+    folder = write_corpus(tmp_path / "c", n=8)
+    sf.write(folder / "clip1.wav", np.zeros(0, dtype=np.float32), 16000)  # a bad row in the middle
+    stream = load_speech_dataset(str(folder), streaming=True)
+    with pytest.raises(ValueError, match=r"row 1: audio .*clip1.wav is empty .*on_error='skip'"):
+        list(prepare_dataset(stream, processor, tiny_ctc())[0])
+    prepared, stats = prepare_dataset(stream, processor, tiny_ctc(), on_error="skip")
+    rows = list(prepared)
+    assert len(rows) == 7 and stats.bad_audio == 1 and stats.kept == 7  # counted as the rows went by
+    assert [r["example_id"] for r in rows] == [0, 2, 3, 4, 5, 6, 7]
+    teacher = tiny_ctc()
+    student, _ = make_student(teacher, num_hidden_layers=2)
+    before = student.lm_head.weight.clone()
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, max_steps=3),
+                                  train_dataset=prepare_dataset(stream, processor, teacher, on_error="skip")[0],
+                                  data_collator=collator_for(processor, student))
+    trainer.train()
+    assert trainer.state.global_step == 3 and not torch.equal(before, student.lm_head.weight)
+
+
+def test_checks_run_once_through_datasets_and_never_copy_the_audio(tmp_path, monkeypatch):
+    import hf_asr_distill.data as data_module
+
+    processor = ctc_processor(tmp_path)
+    ds = load_speech_dataset(str(write_corpus(tmp_path / "c", n=6)))
+    first, _ = prepare_dataset(ds, processor, tiny_ctc(), num_proc=2)
+    calls = []
+    real = data_module.audio_seconds
+    monkeypatch.setattr(data_module, "audio_seconds", lambda value: calls.append(value) or real(value))
+    again, stats = prepare_dataset(ds, processor, tiny_ctc())  # same rows, same settings: datasets' cache
+    assert calls == [] and stats.kept == 6
+    assert again.with_format(None)["duration"] == first.with_format(None)["duration"]
+    # the checked dataset points at the same audio table: only the small check columns were written
+    assert again.with_format(None)._data.column("audio") is not None
+    assert {f["filename"] for f in again.cache_files} >= {f["filename"] for f in ds.cache_files}
+
+
+def test_group_by_length_reads_the_kept_durations_without_decoding(tmp_path, monkeypatch):
+    import hf_asr_distill.data as data_module
+    from helpers import make_args
+    from hf_asr_distill import DistillationTrainer, collator_for
+
+    processor = ctc_processor(tmp_path)
+    ds, _ = prepare_dataset(load_speech_dataset(str(write_corpus(tmp_path / "c", n=6))), processor, tiny_ctc())
+    trainer = DistillationTrainer(model=tiny_ctc(num_hidden_layers=2), teacher_model=tiny_ctc(),
+                                  args=make_args(tmp_path, train_sampling_strategy="group_by_length"),
+                                  train_dataset=ds, data_collator=collator_for(processor, tiny_ctc()))
+    monkeypatch.setattr(data_module, "decode_audio", lambda *a, **k: pytest.fail("audio decoded for the lengths"))
+    sampler = trainer._get_train_sampler()
+    assert sorted(sampler.lengths) == pytest.approx(sorted(0.1 + 0.02 * i for i in range(6)))

@@ -108,3 +108,123 @@ def test_unverified_backend_combinations_are_refused_with_the_reason(tmp_path):
     check_backend(hidden, deepspeed=True, fsdp=False)  # DeepSpeed in bf16 or fp32
     output_kd = DistillationConfig(output_dir=str(tmp_path), report_to="none")
     check_backend(output_kd, deepspeed=False, fsdp=True)
+
+
+PASS_WORKER = Path(__file__).with_name("pass_worker.py")
+
+
+def test_teacher_passes_on_two_processes_match_one(tmp_path):
+    from conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n=7)  # an odd count: the shares differ in size
+    run([sys.executable, str(PASS_WORKER), str(tmp_path / "one"), str(corpus)], {"CUDA_VISIBLE_DEVICES": ""})
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={free_port()}", str(PASS_WORKER), str(tmp_path / "two"), str(corpus)])
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert one["world"] == 1 and two["world"] == 2
+    assert two["pseudo"] == one["pseudo"] and len(one["pseudo"]) == 7
+    assert two["cache"] == one["cache"] and len(one["cache"]) == 7  # same examples, same tensors
+    assert two["evaluate"] == one["evaluate"]
+    progress = sorted(p.name for p in (tmp_path / "two" / "progress").glob("*.jsonl"))
+    assert progress == ["pseudo_labels.rank0.jsonl", "pseudo_labels.rank1.jsonl"]  # each process wrote its share
+    assert {p.name.split("_")[1] for p in (tmp_path / "two" / "cache").glob("shard_*")} == {"p000", "p001"}
+
+
+def test_killed_two_process_pseudo_labelling_resumes_without_loss_or_duplicates(tmp_path):
+    import signal
+    import time
+
+    from conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n=12)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(PASS_WORKER), str(tmp_path / "run"), str(corpus), "pseudo"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW": "1.0", "BATCH": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    progress = tmp_path / "run" / "progress"
+    deadline = time.time() + 120
+
+    def lines():
+        return [line for p in progress.glob("*.jsonl") for line in p.read_text().splitlines()]
+
+    while (not progress.exists() or len(lines()) < 4) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # both processes, in the middle of the pass
+    proc.wait()
+    before = len(lines())
+    assert 4 <= before < 12, before
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={free_port()}", str(PASS_WORKER), str(tmp_path / "run"), str(corpus), "pseudo"],
+        {"BATCH": "1"})
+    indices = [json.loads(line)["index"] for line in lines()]
+    assert sorted(indices) == list(range(12))  # every row once: none lost, none transcribed twice
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["pseudo"]) == 12
+
+
+def test_a_nan_on_one_process_stops_or_skips_on_every_process_in_seconds(tmp_path):
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NAN_RANK": "1", "NAN_STEP": "2"}
+    start = time.time()
+    stopped = subprocess.run(torchrun(2, tmp_path / "stop", 2), capture_output=True, text=True, timeout=300, env=env)
+    assert stopped.returncode != 0 and time.time() - start < 120  # not the 30-minute collective timeout
+    assert stopped.stderr.count("The distillation loss is not finite (process 1: examples") >= 2  # both processes
+    run(torchrun(2, tmp_path / "skip", 2), {"NAN_RANK": "1", "NAN_STEP": "2", "NONFINITE": "skip"})
+    rank0 = json.loads((tmp_path / "skip" / "summary_rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "skip" / "summary_rank1.json").read_text())
+    assert rank0["skipped"] == rank1["skipped"] == 1 and rank0["finite"] and rank1["finite"]
+    assert rank0["student"] == rank1["student"] and len(rank0["losses"]) == 3
+
+
+def _kill_one_process_when(folder: Path, ready, cmd: list[str], env: dict) -> None:
+    """Start a 2-process run, wait until `ready()`, SIGKILL one of its two workers; torchrun ends the other."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while not ready() and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(int((folder / "pid_rank1").read_text()), signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+
+
+@pytest.mark.slow
+def test_training_survives_a_killed_process_and_resumes_from_the_last_complete_checkpoint(tmp_path):
+    env = {"MAX_STEPS": "6", "SAVE_STEPS": "1", "OPTIM": "adamw_torch"}
+    run(torchrun(2, tmp_path / "full", 2), env)
+    killed = tmp_path / "killed"
+    _kill_one_process_when(killed, lambda: (killed / "checkpoint-3" / "trainer_state.json").exists(),
+                           torchrun(2, killed, 2), {**env, "SLOW": "1.0"})
+    assert not (killed / "checkpoint-6").exists()
+    run(torchrun(2, killed, 2), {**env, "RESUME": "last"})
+    full = json.loads((tmp_path / "full" / "summary_rank0.json").read_text())
+    resumed = json.loads((killed / "summary_rank0.json").read_text())
+    np.testing.assert_allclose(resumed["losses"], full["losses"], rtol=1e-5)
+    for key, value in full["student"].items():
+        np.testing.assert_allclose(resumed["student"][key], value, rtol=1e-5, atol=1e-7)
+    for key, value in full["projection_values"].items():
+        np.testing.assert_allclose(resumed["projection_values"][key], value, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_cache_building_survives_a_killed_process_and_resumes_without_loss(tmp_path):
+    from conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n=12)
+    run([sys.executable, str(PASS_WORKER), str(tmp_path / "one"), str(corpus), "cache"], {"BATCH": "1"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(PASS_WORKER), str(tmp_path / "two"), str(corpus), "cache"]
+    folder = tmp_path / "two"
+    _kill_one_process_when(folder, lambda: len(list((folder / "cache").glob("shard_*.safetensors"))) >= 4, cmd,
+                           {"BATCH": "1", "SLOW": "1.0"})
+    index = [line for p in (folder / "cache").glob("index.p*.jsonl") for line in p.read_text().splitlines()]
+    assert 4 <= len(index) < 12
+    run(cmd[:5] + [f"--master_port={free_port()}"] + cmd[6:], {"BATCH": "1"})
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())["cache"]
+    two = json.loads((folder / "summary.json").read_text())["cache"]
+    assert two == one and len(two) == 12  # every example, once, with the same tensors

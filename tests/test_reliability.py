@@ -98,3 +98,121 @@ def test_hub_token_from_the_environment_never_reaches_disk(tmp_path, monkeypatch
     assert len(files) > 10
     for path in files:
         assert b"hf_ENVSECRETTOKEN" not in path.read_bytes(), path
+
+
+SECRET = "hf_CLISECRETTOKEN42"
+
+
+class _Uploads:
+    """HfApi's uploads captured: every folder and file that would leave the machine, read at upload time."""
+
+    def __init__(self, monkeypatch):
+        from concurrent.futures import Future
+
+        from huggingface_hub import HfApi
+
+        self.blobs: list[tuple[str, bytes]] = []
+
+        def done(result=None):
+            future = Future()
+            future.set_result(result)
+            return future
+
+        def upload_folder(api, folder_path=None, run_as_future=False, allow_patterns=None, ignore_patterns=None,
+                          **kwargs):
+            from huggingface_hub.utils import filter_repo_objects
+
+            files = [p for p in Path(folder_path).rglob("*") if p.is_file()]
+            names = set(filter_repo_objects([str(p.relative_to(folder_path)) for p in files],
+                                            allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+            self.blobs += [(str(p), p.read_bytes()) for p in files if str(p.relative_to(folder_path)) in names]
+            return done() if run_as_future else None
+
+        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+        from huggingface_hub import RepoUrl
+
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+        monkeypatch.setattr(HfApi, "whoami", lambda api, **kw: {"name": "me"})
+
+
+@pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "all_checkpoints", "end"])
+def test_no_secret_in_any_uploaded_or_saved_byte(tmp_path, monkeypatch, strategy):
+    uploads = _Uploads(monkeypatch)
+    teacher = tiny_ctc()
+    student, _ = make_student(teacher, num_hidden_layers=2, hidden_size=16)
+    processor = ctc_processor(tmp_path)
+    args = make_args(tmp_path, alpha_hidden=1.0, save_strategy="steps", save_steps=1, max_steps=2, push_to_hub=True,
+                     hub_model_id="me/tiny", hub_token=SECRET, hub_strategy=strategy)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, processing_class=processor,
+                                  train_dataset=ctc_rows(), data_collator=collator_for(processor, student))
+    trainer.train()
+    trainer.push_to_hub()
+    assert trainer.args.hub_token == SECRET  # still there in memory for the uploads
+    assert uploads.blobs and any(name.endswith("model.safetensors") for name, _ in uploads.blobs)
+    if strategy != "end":  # Trainer's own checkpoint pushes upload training_args.bin: pickled without the token
+        assert any(name.endswith("training_args.bin") for name, _ in uploads.blobs)
+    saved = [(str(p), p.read_bytes()) for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    for name, data in uploads.blobs + saved:
+        assert SECRET.encode() not in data, name
+
+
+def test_a_token_on_the_command_line_with_push_to_hub_never_leaves_memory(tmp_path, monkeypatch):
+    from hf_asr_distill.cli import main
+
+    uploads = _Uploads(monkeypatch)
+    teacher = tiny_ctc()
+    teacher.save_pretrained(tmp_path / "teacher")
+    ctc_processor(tmp_path).save_pretrained(tmp_path / "teacher")
+    write_corpus(tmp_path / "corpus" / "train", n=8)
+    main(["distill", "--teacher", str(tmp_path / "teacher"), "--num_hidden_layers", "2", "--dataset",
+          str(tmp_path / "corpus"), "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--save_steps", "1",
+          "--push_to_hub", "true", "--hub_model_id", "me/tiny", "--hub_token", SECRET, "--report_to", "none",
+          "--per_device_train_batch_size", "4", "--disable_tqdm", "true"])
+    main(["push", "--student", str(tmp_path / "run"), "--repo_id", "me/tiny"])
+    saved = [(str(p), p.read_bytes()) for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert uploads.blobs and len(saved) > 10
+    for name, data in uploads.blobs + saved:
+        assert SECRET.encode() not in data, name
+
+
+def test_pickled_arguments_drop_the_token_but_copies_keep_it(tmp_path):
+    import copy
+    import pickle
+
+    args = make_args(tmp_path, hub_token=SECRET)
+    assert pickle.loads(pickle.dumps(args)).hub_token is None
+    assert copy.deepcopy(args).hub_token == SECRET and args.hub_token == SECRET
+
+
+def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
+    import errno
+
+    def run(name, **kw):
+        teacher = tiny_ctc()
+        student, _ = make_student(teacher, num_hidden_layers=2, hidden_size=16)
+        return make_trainer(tmp_path / name, teacher, student, ctc_rows(16), alpha_hidden=1.0, max_steps=6,
+                            save_strategy="steps", save_steps=2, per_device_train_batch_size=2, **kw)
+
+    full = run("full")
+    full.train()
+    broken = run("broken")
+    real_save = torch.save
+
+    def disk_full_at_step_4(obj, path, *args, **kwargs):
+        if "checkpoint-4" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_step_4)
+    with pytest.raises(OSError, match="No space left on device"):
+        broken.train()
+    monkeypatch.setattr(torch, "save", real_save)
+    checkpoint_4 = tmp_path / "broken" / "out" / "checkpoint-4"
+    assert checkpoint_4.exists() and not (checkpoint_4 / "trainer_state.json").exists()  # half written
+    resumed = run("broken")
+    resumed.train(resume_from_checkpoint=True)  # passes over checkpoint-4, resumes from checkpoint-2
+    assert resumed.state.global_step == 6
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=1e-6)
+    for key, value in full.projections.state_dict().items():
+        torch.testing.assert_close(resumed.projections.state_dict()[key], value, rtol=0, atol=1e-6)

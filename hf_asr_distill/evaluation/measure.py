@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ..distributed import process_state, share_of
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
@@ -144,15 +146,44 @@ def evaluate_model(
     Rows with a `language` (prepared with `language=`/`language_column=`) are generated in their language,
     normalised for it, and scored per language too (`scores["per_language"]`). Audio longer than the model's
     window (prepared with `long_form=True`) is decoded long-form, one row at a time, and counted in `long_form`.
+
+    Under `accelerate launch`/`torchrun` each process decodes its share of the batches on its device and
+    the predictions are gathered: every process returns the same result, scored on the whole set, with `rtfx` the
+    set's audio over the slowest process's time and `latency_ms` the mean time per utterance on one device.
     """
+    state = process_state()
+    model.eval()
+    share = share_of(list(range(len(dataset))), batch_size, state)
+    rows = [dataset[i] for i in share]  # features once: extraction is not part of the timed work
+    window = family_of(model).limits(model, processor).max_seconds
+    mine = _timed_passes(name, model, processor, rows, window, batch_size, warmup, repeats, generate_kwargs,
+                         progress and state.is_main_process)
+    parts = gather_object([(share, *mine)]) if state.num_processes > 1 else [(share, *mine)]
+    predictions, references, languages = [""] * len(dataset), [""] * len(dataset), [None] * len(dataset)
+    for indices, texts, refs, langs, *_ in parts:
+        for index, text, ref, lang in zip(indices, texts, refs, langs):
+            predictions[index], references[index], languages[index] = text, ref, lang
+    scores = asr_scores(predictions, references, text_normalizer(processor.tokenizer, english),
+                        languages=languages if languages[0] is not None else None, tokenizer=processor.tokenizer)
+    seconds = [part[4] for part in parts]
+    return ModelResult(
+        name=name, params=count_parameters(model), size_bytes=size_on_disk(model), scores=scores,
+        latency_ms=1000 * sum(seconds) / len(dataset), rtfx=sum(part[5] for part in parts) / max(seconds),
+        peak_memory_mb=max(part[6] for part in parts) / 2**20, batch_size=batch_size,
+        long_form=sum(part[7] for part in parts), predictions=predictions,
+    )
+
+
+def _timed_passes(name: str, model: PreTrainedModel, processor: Any, rows: list[dict], window: float,
+                  batch_size: int, warmup: int, repeats: int, generate_kwargs: dict | None, progress: bool) -> tuple:
+    """Decode `rows` (best of `repeats` timed passes): predictions in the rows' order, references, languages,
+    seconds, audio seconds, peak memory (bytes) and long-form rows."""
     from tqdm.auto import tqdm
 
-    model.eval()
-    rows = [dataset[i] for i in range(len(dataset))]  # features once: extraction is not part of the timed work
-    window = family_of(model).limits(model, processor).max_seconds
+    if not rows:
+        return [], [], [], 0.0, 0.0, 0, 0
     order = _batch_order(rows, window)
     batches = _batches(model, processor, [rows[i] for i in order], batch_size)
-    audio_seconds = float(sum(r["audio_seconds"] for r in rows))
     for _ in range(warmup):
         transcribe_batch(model, processor, batches[0], generate_kwargs)
     best, predictions, peak = float("inf"), [], 0
@@ -165,19 +196,13 @@ def evaluate_model(
                 torch.cuda.synchronize(model.device)
             elapsed = time.perf_counter() - start
         best, peak = min(best, elapsed), max(peak, memory.peak)
-        if not predictions:  # back to the dataset's order
+        if not predictions:  # back to the rows' order
             decoded = [t for batch in texts for t in batch]
             predictions = [""] * len(rows)
             for position, index in enumerate(order):
                 predictions[index] = decoded[position]
-    languages = [r["language"] for r in rows] if rows[0].get("language") is not None else None
-    scores = asr_scores(predictions, [r["text"] for r in rows], text_normalizer(processor.tokenizer, english),
-                        languages=languages, tokenizer=processor.tokenizer)
-    return ModelResult(
-        name=name, params=count_parameters(model), size_bytes=size_on_disk(model), scores=scores,
-        latency_ms=1000 * best / len(rows), rtfx=audio_seconds / best, peak_memory_mb=peak / 2**20,
-        batch_size=batch_size, long_form=sum(r["audio_seconds"] > window for r in rows), predictions=predictions,
-    )
+    return (predictions, [r["text"] for r in rows], [r.get("language") for r in rows], best,
+            float(sum(r["audio_seconds"] for r in rows)), peak, sum(r["audio_seconds"] > window for r in rows))
 
 
 def compare(results: list[ModelResult], reference: str | None = None) -> list[ModelResult]:
