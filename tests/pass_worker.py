@@ -2,7 +2,8 @@
 
     python pass_worker.py OUT_DIR CORPUS_DIR [pseudo|cache|evaluate|all]
 
-SLOW=seconds makes each pseudo-labelling batch that long (so a test can kill the run in the middle).
+SLOW=seconds makes each pseudo-labelling / cache batch that long; HANG_AFTER=n makes process 1 stop after n cache
+batches and wait to be killed (so a test kills it at a known point, however fast the machine).
 """
 
 import json
@@ -43,8 +44,17 @@ def main(out: Path, corpus: str, mode: str) -> None:
         if float(os.environ.get("SLOW", 0)):
             import hf_asr_distill.cache as cache_module
 
-            real_outputs = cache_module._teacher_outputs
-            cache_module._teacher_outputs = lambda *a, **k: time.sleep(float(os.environ["SLOW"])) or real_outputs(*a, **k)
+            real_outputs, calls = cache_module._teacher_outputs, []
+
+            def slow_outputs(*args, **kwargs):
+                calls.append(1)
+                if state.process_index == 1 and len(calls) > int(os.environ.get("HANG_AFTER", 10**9)):
+                    (out / "hanging_rank1").write_text("")
+                    time.sleep(600)
+                time.sleep(float(os.environ["SLOW"]))
+                return real_outputs(*args, **kwargs)
+
+            cache_module._teacher_outputs = slow_outputs
         cache = cache_teacher(teacher, processor, prepared, out / "cache", k=4, hidden_layers={"encoder": [2]},
                               batch_size=int(os.environ.get("BATCH", 2)), progress=False, shard_bytes=1)
         ids = sorted(cache._where)

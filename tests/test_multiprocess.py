@@ -184,13 +184,16 @@ def _kill_one_process_when(folder: Path, ready, cmd: list[str], env: dict) -> No
     import signal
     import time
 
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    while not ready() and time.time() < deadline:
-        time.sleep(0.2)
-    os.kill(int((folder / "pid_rank1").read_text()), signal.SIGKILL)
-    assert proc.wait(timeout=120) != 0
+    log = folder.parent / f"{folder.name}.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 240
+        while not ready() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert ready(), f"the run never reached the point to kill it (exit {proc.poll()}):\n{log.read_text()[-3000:]}"
+        os.kill(int((folder / "pid_rank1").read_text()), signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0
 
 
 @pytest.mark.slow
@@ -220,10 +223,15 @@ def test_cache_building_survives_a_killed_process_and_resumes_without_loss(tmp_p
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", str(PASS_WORKER), str(tmp_path / "two"), str(corpus), "cache"]
     folder = tmp_path / "two"
-    _kill_one_process_when(folder, lambda: len(list((folder / "cache").glob("shard_*.safetensors"))) >= 4, cmd,
-                           {"BATCH": "1", "SLOW": "1.0"})
+
+    # process 1 writes 2 of its 6 batches and waits; process 0 writes its 6 and waits for it at the end
+    def ready() -> bool:
+        index0 = folder / "cache" / "index.p000.jsonl"
+        return (folder / "hanging_rank1").exists() and index0.exists() and len(index0.read_text().splitlines()) == 6
+
+    _kill_one_process_when(folder, ready, cmd, {"BATCH": "1", "SLOW": "0.1", "HANG_AFTER": "2"})
     index = [line for p in (folder / "cache").glob("index.p*.jsonl") for line in p.read_text().splitlines()]
-    assert 4 <= len(index) < 12
+    assert len(index) == 8
     run(cmd[:5] + [f"--master_port={free_port()}"] + cmd[6:], {"BATCH": "1"})
     one = json.loads((tmp_path / "one" / "summary.json").read_text())["cache"]
     two = json.loads((folder / "summary.json").read_text())["cache"]
