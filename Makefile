@@ -15,6 +15,17 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
+# The oldest versions the package claims (pyproject.toml's floors), in a venv of their own.
+MIN_VENV ?= .venv-min
+MIN_PY := $(MIN_VENV)/bin/python
+
+$(MIN_VENV)/.installed: pyproject.toml requirements-min.txt requirements-test.txt
+	python3 -m venv $(MIN_VENV)
+	$(MIN_PY) -m pip install -q --upgrade pip
+	$(MIN_PY) -m pip install -q -r requirements-min.txt -r requirements-test.txt
+	$(MIN_PY) -m pip install -q --no-deps -e .
+	touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
@@ -26,10 +37,13 @@ test: install-test
 test-slow: install-test
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
+test-min: $(MIN_VENV)/.installed
+	$(MIN_PY) -m pytest -q
+
 # The demo synthesises its corpus with flite; install it when missing (Debian/Ubuntu).
 demo: install
 	@command -v flite >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq flite) \
 		|| { echo "please install flite (apt-get install flite)"; exit 1; }
 	$(VENV)/bin/hf-asr-distill demo
 
-.PHONY: install install-test test test-slow demo
+.PHONY: install install-test test test-slow test-min demo

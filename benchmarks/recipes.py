@@ -160,6 +160,10 @@ def run(name: str, seed: int, cli, teacher, processor, data: dict, encoder, cach
     with labels(label_kind):
         trainer.train()
     seconds = time.perf_counter() - start
+    if cli.save_students and seed == cli.seeds[0]:  # for the deployment benchmark (benchmarks/deploy.py)
+        folder = Path(cli.save_students) / "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        student.save_pretrained(folder)
+        processor.save_pretrained(folder)
     final = curve.points[steps]
     logs = [e for e in trainer.state.log_history if "loss" in e]
     return {"recipe": name, "seed": seed, "steps": steps, "final": final, "curve": curve.points,
@@ -206,6 +210,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--eval_every", type=int, default=250)
+    parser.add_argument("--save_students", default=None, help="save each recipe's first-seed student under this folder")
     parser.add_argument("--report", action="store_true", help="print tables and plot from saved results only")
     cli = parser.parse_args()
     out = Path(cli.out)

@@ -108,6 +108,13 @@ class EvalArguments:
         default=None, metadata={"help": "Whisper generation: forbid repeating n-grams of this size (anti-loop)."})
     repetition_penalty: float | None = field(
         default=None, metadata={"help": "Whisper generation: penalty > 1 for repeated tokens (anti-loop)."})
+    formats: str = field(
+        default="pytorch", metadata={"help": "Deployment forms to measure, comma-separated: pytorch, pytorch-int8, "
+                                             "ct2-int8 (faster-whisper), ct2-float32, onnx, onnx-int8, ...; the "
+                                             "teacher and the students are each converted and compared per form."})
+    assistant: bool = field(
+        default=False, metadata={"help": "Whisper: also measure the teacher with the (first) student as its "
+                                         "assistant in speculative decoding (identical outputs, speed-up)."})
 
     def generate_kwargs(self) -> dict:
         names = ("no_repeat_ngram_size", "repetition_penalty")
@@ -200,13 +207,16 @@ def _device(name: str) -> Any:
     return process_state().device if name == "auto" else torch.device(name)
 
 
-def _report(models: dict, processor: Any, dataset: Any, output_dir: Path, **kwargs: Any) -> list:
-    from .evaluation import compare, evaluate_model, report_meta, write_report
+def _report(models: dict, processor: Any, dataset: Any, output_dir: Path, meta: dict | None = None,
+            **kwargs: Any) -> list:
+    from .evaluation import compare, evaluate_model, parity, report_meta, write_report
 
     results = compare([evaluate_model(name, model, processor, dataset, **kwargs) for name, model in models.items()])
     if not process_state().is_main_process:  # every process has the gathered results; one writes them
         return results
-    paths = write_report(results, output_dir, meta=report_meta(results, models["teacher"], len(dataset)))
+    reference = next(iter(models.values()))
+    meta = report_meta(results, reference, len(dataset), **(meta or {}), **parity(results))
+    paths = write_report(results, output_dir, meta=meta)
     print(paths["md"].read_text())
     print(f"report written to {', '.join(str(p) for p in paths.values())}")
     return results
@@ -227,11 +237,42 @@ def cmd_evaluate(argv: list[str]) -> None:
     for path in e_args.student:
         models[Path(path).name if len(e_args.student) > 1 else "student"] = load_model(path).to(device)
     raw = load_speech_dataset(e_args.dataset, e_args.split, e_args.audio_column, e_args.text_column)
+    forms = [f.strip() for f in e_args.formats.split(",") if f.strip()]
     dataset, _ = prepare_dataset(_limit(raw, e_args.max_samples), processor, models["teacher"],
-                                 e_args.audio_column, e_args.text_column, long_form=e_args.long_form, **lang.options())
-    _report(models, processor, dataset, Path(e_args.output_dir), batch_size=e_args.batch_size,
-            repeats=e_args.repeats, warmup=e_args.warmup, english=e_args.english,
-            generate_kwargs=e_args.generate_kwargs() or None)
+                                 e_args.audio_column, e_args.text_column,
+                                 long_form=e_args.long_form and forms == ["pytorch"], **lang.options())
+    out = Path(e_args.output_dir)
+    extra = {"speculative": _speculative(models, processor, dataset)} if e_args.assistant else {}
+    _report(_deployed(models, processor, dataset, forms, out / "deployed"), processor, dataset, out,
+            batch_size=e_args.batch_size, repeats=e_args.repeats, warmup=e_args.warmup, english=e_args.english,
+            generate_kwargs=e_args.generate_kwargs() or None, meta=extra)
+
+
+def _deployed(models: dict, processor: Any, dataset: Any, forms: list[str], folder: Path) -> dict:
+    """Every model in every form asked for (PyTorch as loaded; the others exported into `folder`, by name)."""
+    from .data import collator_for
+    from .export import deploy
+
+    example = collator_for(processor, models["teacher"])([dataset[i] for i in range(min(2, len(dataset)))])
+    out = {}
+    for form in forms:
+        for name, model in models.items():
+            key = name if len(forms) == 1 else f"{name} ({form})"
+            out[key] = model if form == "pytorch" else deploy(model.cpu(), processor, folder / f"{name}-{form}", form,
+                                                              example_batch=example, name=key)
+    return out
+
+
+def _speculative(models: dict, processor: Any, dataset: Any) -> dict:
+    from .evaluation.speculative import assisted_decoding
+
+    student = next(m for name, m in models.items() if name != "teacher")
+    result = assisted_decoding(models["teacher"], student, processor, dataset)
+    if process_state().is_main_process:
+        print(f"speculative decoding ({result['assistant']}): {result['identical']}/{result['utterances']} outputs "
+              f"identical to the teacher's, {result['speedup']:.2f}x ({result['teacher_ms']:.0f} -> "
+              f"{result['assisted_ms']:.0f} ms per utterance)")
+    return result
 
 
 @dataclass
@@ -247,6 +288,9 @@ class PushArguments:
     student_name: str = field(default="student", metadata={"help": "The student's row name in the report."})
     private: bool = field(default=False, metadata={"help": "Create the repository as private."})
     dry_run: bool = field(default=False, metadata={"help": "Write README.md (the card) but upload nothing."})
+    deployed: str | None = field(
+        default=None, metadata={"help": "Comma-separated folders from `export` (e.g. OUT/ct2-int8) to upload beside "
+                                        "the checkpoint, each into a subfolder named after its form."})
 
 
 def cmd_push(argv: list[str]) -> None:
@@ -255,7 +299,7 @@ def cmd_push(argv: list[str]) -> None:
 
     from transformers import AutoConfig
 
-    from .model_card import build_model_card, push_student, results_from_report
+    from .model_card import build_model_card, deployed_form, push_student, results_from_report
 
     (a,) = _parse((PushArguments,), argv, "hf-asr-distill push")
     folder = Path(a.student)
@@ -270,14 +314,16 @@ def cmd_push(argv: list[str]) -> None:
     if teacher is None:
         raise SystemExit(f"{record_path} not found: pass --teacher (the card's base_model).")
     meta["layer_maps"] = record.get("layer_maps")
+    deployed = [d.strip() for d in (a.deployed or "").split(",") if d.strip()]
     card = build_model_card(a.repo_id, teacher, record.get("recipe", {}), AutoConfig.from_pretrained(folder), results,
                             meta, student_name=a.student_name, train_dataset=a.train_dataset,
-                            eval_dataset=a.eval_dataset, steps=record.get("steps"))
+                            eval_dataset=a.eval_dataset, steps=record.get("steps"),
+                            deployed_forms=[deployed_form(d) for d in deployed])
     if a.dry_run:
         card.save(folder / "README.md")
         print(f"card written to {folder / 'README.md'} (dry run: nothing uploaded)")
         return
-    print(push_student(folder, a.repo_id, card, private=a.private))
+    print(push_student(folder, a.repo_id, card, private=a.private, deployed=deployed))
 
 
 @dataclass
@@ -368,6 +414,84 @@ def cmd_cache_teacher(argv: list[str]) -> None:
         print(f"cache complete: {cache_size_bytes(a.output_dir) / 1e6:.1f} MB in {a.output_dir}")
 
 
+@dataclass
+class ExportArguments:
+    model: str = field(metadata={"help": "The student (or teacher) folder or Hub id; its processor is read from it."})
+    output_dir: str = field(metadata={"help": "Where each form is written, one folder per form."})
+    forms: str = field(default="ct2-int8", metadata={"help": "Comma-separated: pytorch-int8, ct2-int8, ct2-float32, "
+                                                             "ct2-float16, ct2-int8_float16, onnx, onnx-int8."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "Utterances for the parity check (and for tracing ONNX graphs)."})
+    split: str = field(default="test", metadata={"help": "Split of --dataset."})
+    max_samples: int = field(default=32, metadata={"help": "Utterances the parity check compares."})
+    max_wer_delta: float = field(
+        default=0.01, metadata={"help": "Parity bound: the exported form's WER may exceed the PyTorch model's by "
+                                        "this much (absolute, 0.01 = 1 point) before it is flagged."})
+    strict: bool = field(default=False, metadata={"help": "Fail (exit 1) when a form breaks the parity bound."})
+
+
+def cmd_export(argv: list[str]) -> None:
+    """Export a student to deployment forms (CTranslate2 for faster-whisper, ONNX, int8), each with a parity check."""
+    from .data import collator_for, load_speech_dataset, prepare_dataset
+    from .export import deploy, parity_check
+    from .student import load_model
+
+    a, lang = _parse((ExportArguments, LanguageArguments), argv, "hf-asr-distill export")
+    processor = AutoProcessor.from_pretrained(a.model)
+    model = load_model(a.model).eval()
+    dataset = example = None
+    if a.dataset:
+        raw = _limit(load_speech_dataset(a.dataset, a.split), a.max_samples)
+        dataset, _ = prepare_dataset(raw, processor, model, **lang.options())
+        example = collator_for(processor, model)([dataset[i] for i in range(min(2, len(dataset)))])
+    failed, report = [], {}
+    for form in [f.strip() for f in a.forms.split(",") if f.strip()]:
+        deployed = deploy(model, processor, Path(a.output_dir) / form, form, example_batch=example)
+        line = f"{form}: {deployed.path} ({deployed.size_bytes() / 1e6:.1f} MB)"
+        if dataset is not None:
+            result = report[form] = parity_check(model, deployed, processor, dataset, max_wer_delta=a.max_wer_delta)
+            line += (f"; parity: {result['identical']}/{result['utterances']} transcripts identical, WER "
+                     f"{100 * result['wer_deployed']:.2f}% vs {100 * result['wer_pytorch']:.2f}% (PyTorch)"
+                     f"{'' if result['ok'] else ' -- OVER THE BOUND'}")
+            failed += [] if result["ok"] else [form]
+        print(line)
+    if report:
+        (Path(a.output_dir) / "parity.json").write_text(json.dumps(report, indent=2))
+    if failed and a.strict:
+        raise SystemExit(f"parity check failed for {', '.join(failed)} (WER more than {a.max_wer_delta} above PyTorch)")
+
+
+@dataclass
+class PlanArguments:
+    teacher: str = field(metadata={"help": "The teacher (folder or Hub id); its processor is read from it."})
+    shapes: str = field(metadata={"help": "Candidate students: make_student options per shape, shapes separated by "
+                                          "semicolons, e.g. 'encoder_layers=4,decoder_layers=2;encoder_layers=2,"
+                                          "decoder_layers=2,d_model=256,encoder_attention_heads=4,"
+                                          "decoder_attention_heads=4'."})
+    forms: str = field(default="pytorch,pytorch-int8", metadata={
+        "help": "Forms to size and time, comma-separated: pytorch, pytorch-int8, ct2-int8 (Whisper, needs [export])."})
+    seconds: float = field(default=5.0, metadata={"help": "Length of the clip each candidate transcribes."})
+    tokens: int = field(default=24, metadata={"help": "Tokens every Whisper candidate decodes (end-of-text off)."})
+    batch_size: int = field(default=1, metadata={"help": "Clips per call."})
+    repeats: int = field(default=3, metadata={"help": "Timed calls per candidate and form (median reported)."})
+
+
+def cmd_plan(argv: list[str]) -> None:
+    """Candidate student shapes with parameters, MB per form and latency here: pick one before training it."""
+    import torch
+
+    from .plan import parse_shapes, plan_students, plan_table
+    from .student import load_model
+
+    (a,) = _parse((PlanArguments,), argv, "hf-asr-distill plan")
+    rows = plan_students(load_model(a.teacher), AutoProcessor.from_pretrained(a.teacher), parse_shapes(a.shapes),
+                         forms=tuple(f.strip() for f in a.forms.split(",") if f.strip()), seconds=a.seconds,
+                         tokens=a.tokens, batch_size=a.batch_size, repeats=a.repeats)
+    print(plan_table(rows))
+    print(f"latency: median ms per call of {a.batch_size} x {a.seconds:g} s clip(s) on {torch.get_num_threads()} "
+          "threads, untrained candidates decoding the same number of tokens")
+
+
 def cmd_demo(argv: list[str]) -> None:
     """The whole job offline on CPU: synthesise speech, distil the shipped teacher, print the side-by-side table."""
     from .demo import DemoArguments, run_demo
@@ -381,6 +505,8 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "demo": cmd_demo,
     "distill": cmd_distill,
     "evaluate": cmd_evaluate,
+    "export": cmd_export,
+    "plan": cmd_plan,
     "pseudo-label": cmd_pseudo_label,
     "cache-teacher": cmd_cache_teacher,
     "push": cmd_push,

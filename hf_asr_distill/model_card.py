@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .config import DistillationConfig
-from .evaluation import ModelResult, language_table, report_table
+from .evaluation import ModelResult, extras_text, language_table, report_table
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,13 @@ def build_model_card(
     steps: int | None = None,
     language: str | list[str] | None = None,
     license: str | None = None,
+    deployed_forms: list[str] | None = None,
 ) -> ModelCard:
     """Render the card: Hub metadata with a `model-index` of WER/CER, the recipe, and the accuracy/cost table.
 
     Whatever is not known (no report, no recorded recipe) is left out rather than printed as a placeholder.
+    `deployed_forms` names the exported forms uploaded beside the checkpoint (one subfolder each, see
+    `push_student`): the card shows how to run them.
     """
     results, meta = results or [], meta or {}
     recipe = asdict(recipe) if isinstance(recipe, DistillationConfig) else dict(recipe)
@@ -137,7 +140,8 @@ def build_model_card(
         table=report_table(results) if results else "", language_table=language_table(results) if results else "",
         long_form=(f"{long_form['rows']} recordings longer than the training window were decoded with "
                    f"{long_form['method']}.") if long_form else "",
-        chart="report.png" if meta.get("chart") else "",
+        chart="report.png" if meta.get("chart") else "", extras=extras_text(meta).strip(),
+        deployed=sorted(deployed_forms or []),
         eval_dataset=eval_dataset or "the evaluation set", eval_utterances=meta.get("utterances", "?"),
         device=meta.get("device"), batch_size=results[0].batch_size if results else "?",
     )
@@ -145,8 +149,10 @@ def build_model_card(
 
 def push_student(folder: str | Path, repo_id: str, card: ModelCard | None = None, token: str | None = None,
                  private: bool | None = None, commit_message: str = "Upload distilled student",
-                 revision: str | None = None) -> Any:
-    """Upload a saved student: weights, configs, processor, generation config and card only.
+                 revision: str | None = None, deployed: list[str | Path] | None = None) -> Any:
+    """Upload a saved student: weights, configs, processor, generation config and card only; each folder in
+    `deployed` (written by `export_model`, e.g. the CTranslate2 form faster-whisper loads) goes into a subfolder
+    named after its form (`ct2-int8/`, `onnx/`).
 
     Checkpoints, projections, training arguments, optimizer state and the teacher are never uploaded.
     """
@@ -155,9 +161,24 @@ def push_student(folder: str | Path, repo_id: str, card: ModelCard | None = None
         card.save(folder / "README.md")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=UPLOAD_PATTERNS,
-                             ignore_patterns=["checkpoint-*", "projections.safetensors"],
-                             commit_message=commit_message, revision=revision)
+    result = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=UPLOAD_PATTERNS,
+                               ignore_patterns=["checkpoint-*", "projections.safetensors"],
+                               commit_message=commit_message, revision=revision)
+    for path in deployed or []:
+        form = deployed_form(path)
+        result = api.upload_folder(repo_id=repo_id, folder_path=str(path), path_in_repo=form,
+                                   commit_message=f"{commit_message} ({form})", revision=revision)
+    return result
+
+
+def deployed_form(path: str | Path) -> str:
+    """The form of a folder written by `export_model` (its `deployment.json`); refuses any other folder."""
+    from .export import RECORD
+
+    record = Path(path) / RECORD
+    if not record.exists():
+        raise ValueError(f"{path} is not an exported student (no {RECORD}): make it with `hf-asr-distill export`.")
+    return json.loads(record.read_text())["form"]
 
 
 # ---- from a trainer --------------------------------------------------------------------------------------------

@@ -61,8 +61,10 @@ def _no_inherited_layerdrop(config: PretrainedConfig, shrink: dict[str, Any]) ->
             setattr(config, name, 0.0)
 
 
-def _copy_weights(teacher: PreTrainedModel, student: PreTrainedModel, layer_map: LayerMap) -> tuple[int, int]:
-    """Copy every teacher tensor whose (layer-remapped) name and shape match; the rest keeps its fresh init."""
+def _copy_weights(teacher: PreTrainedModel, student: PreTrainedModel, layer_map: LayerMap,
+                  slice_width: bool = False) -> tuple[int, int]:
+    """Copy every teacher tensor whose (layer-remapped) name and shape match; with `slice_width`, a narrower
+    student tensor takes the teacher tensor's leading slice in every dimension; the rest keeps its fresh init."""
     teacher_state = teacher.state_dict()
     copied = fresh = 0
     with torch.no_grad():
@@ -73,8 +75,13 @@ def _copy_weights(teacher: PreTrainedModel, student: PreTrainedModel, layer_map:
                 stack, index = match.group(1), int(match.group(2))
                 teacher_index = layer_map[stack][index]
                 source = key.replace(f"{stack}.layers.{index}.", f"{stack}.layers.{teacher_index}.", 1)
-            if source in teacher_state and teacher_state[source].shape == tensor.shape:
-                tensor.copy_(teacher_state[source])
+            found = teacher_state.get(source)
+            if found is not None and found.shape == tensor.shape:
+                tensor.copy_(found)
+                copied += 1
+            elif (slice_width and found is not None and found.dim() == tensor.dim()
+                  and all(s <= t for s, t in zip(tensor.shape, found.shape))):
+                tensor.copy_(found[tuple(slice(0, n) for n in tensor.shape)])
                 copied += 1
             else:
                 fresh += 1
@@ -86,6 +93,7 @@ def make_student(
     student_config: PretrainedConfig | None = None,
     freeze_encoder: bool = False,
     copy_layers: dict[str, list[int]] | None = None,
+    inherit_width: bool = False,
     **shrink: Any,
 ) -> tuple[PreTrainedModel, LayerMap]:
     """Build a student from the teacher and return `(student, layer_map)`.
@@ -96,6 +104,10 @@ def make_student(
         freeze_encoder: Whisper only: freeze the student's encoder (distil-whisper's `--freeze_encoder`).
         copy_layers: which teacher layers (0-based) initialise each stack's student layers, e.g.
             `{"decoder": [2, 3]}` (the last two of four); default: maximally spaced, first and last kept.
+        inherit_width: a narrower student (smaller `d_model`/`hidden_size`, fewer heads or FFN neurons) still starts
+            from the teacher: each narrower tensor takes the leading slice of the teacher's (the first residual
+            dimensions, the first attention heads when the head size is kept, the first FFN neurons), as in weight
+            subcloning. Off by default: without it narrower tensors start fresh.
         **shrink: teacher config fields to change, e.g. `decoder_layers=2` (Whisper), `num_hidden_layers=4`,
             `hidden_size=384`, `intermediate_size=1536`, `num_attention_heads=6` (CTC), `d_model`,
             `encoder_ffn_dim` (Whisper).
@@ -123,7 +135,7 @@ def make_student(
             raise ValueError(f"copy_layers[{stack!r}]={layers} must name {student_counts.get(stack, 0)} teacher "
                              f"layers between 0 and {teacher_counts.get(stack, 0) - 1} (stacks: {list(teacher_counts)}).")
         layer_map[stack] = dict(enumerate(layers))
-    copied, fresh = _copy_weights(teacher, student, layer_map)
+    copied, fresh = _copy_weights(teacher, student, layer_map, slice_width=inherit_width)
     logger.info("make_student: copied %d tensors from the teacher, %d freshly initialised", copied, fresh)
     family.finish_student(student, teacher, layer_map)
     student.config.distillation_layer_map = {s: {str(k): v for k, v in m.items()} for s, m in layer_map.items()}

@@ -32,7 +32,7 @@ def test_card_round_trips_through_the_hub_parser(tmp_path):
     assert metrics == {"wer": 9.5, "cer": 4.75}
     assert loaded.data.eval_results[0].dataset_type == "org/speech"
     text = loaded.text
-    assert "| student | 29.0 |" in text and "2.00x" in text and "`0.8 * hard-label + 1.0 * kl" in text
+    assert "| student | pytorch | 29.0 |" in text and "2.00x" in text and "`0.8 * hard-label + 1.0 * kl" in text
     assert '"encoder": {"0": 0, "1": 3}' in text and "| training steps | 5000 |" in text
 
 

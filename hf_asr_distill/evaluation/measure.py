@@ -12,20 +12,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ..distributed import process_state, share_of
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from ..data import collator_for
-from ..families import family_of
+from ..distributed import process_state, share_of
+from ..families import Family, family_of
 from .metrics import asr_scores, text_normalizer
+
+B1_ROWS = 16  # rows timed one at a time for the batch-1 latency
+
+
+def family_for(model: Any) -> Family:
+    """The family of a PyTorch model, or of a deployed form (`export.Deployed`, which carries its own)."""
+    return model.family if hasattr(model, "family") and not isinstance(model, PreTrainedModel) else family_of(model)
 
 # ---- cost and storage ------------------------------------------------------------------------------------------
 
 
 def count_parameters(model: PreTrainedModel) -> dict[str, int]:
-    """Parameters in total and per component (tied weights counted once)."""
+    """Parameters in total and per component (tied weights counted once); a deployed form's PyTorch count."""
+    if not isinstance(model, PreTrainedModel):
+        return {"total": model.params}
+
     def unique(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
@@ -34,7 +43,10 @@ def count_parameters(model: PreTrainedModel) -> dict[str, int]:
 
 
 def size_on_disk(model: PreTrainedModel) -> dict[str, int]:
-    """Bytes of the safetensors weights as saved by `save_pretrained`, in fp32 and in fp16."""
+    """Bytes on disk of the form evaluated (`disk`); for a PyTorch model its safetensors weights as saved by
+    `save_pretrained`, in fp32 (= `disk`) and in fp16."""
+    if not isinstance(model, PreTrainedModel):
+        return {"disk": model.size_bytes()}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         files = sorted(Path(tmp).glob("*.safetensors"))
@@ -44,7 +56,7 @@ def size_on_disk(model: PreTrainedModel) -> dict[str, int]:
             half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(f)).items()}
             save_file(half, os.path.join(tmp, "half.tmp"))
             fp16 += os.path.getsize(os.path.join(tmp, "half.tmp"))
-    return {"fp32": fp32, "fp16": fp16}
+    return {"disk": fp32, "fp32": fp32, "fp16": fp16}
 
 
 class PeakMemory:
@@ -86,7 +98,9 @@ class PeakMemory:
 def transcribe_batch(model: PreTrainedModel, processor: Any, batch: dict, generate_kwargs: dict | None = None,
                      timestamps: bool = False) -> list[str]:
     """Greedy transcription of one collated batch, as the model's family does it (Whisper `generate`, CTC argmax);
-    `timestamps` keeps Whisper's timestamp tokens in the text."""
+    `timestamps` keeps Whisper's timestamp tokens in the text. A deployed form (`export.Deployed`) runs itself."""
+    if not isinstance(model, PreTrainedModel):
+        return model.transcribe(processor, batch, generate_kwargs)
     return family_of(model).transcribe(model, processor, batch, generate_kwargs, timestamps)
 
 
@@ -104,14 +118,16 @@ class ModelResult:
     batch_size: int
     speedup: float = 1.0
     long_form: int = 0  # rows longer than the model's window, decoded as long-form audio
+    form: str = "pytorch"  # the deployment form measured (export.FORMS)
+    latency_b1_ms: float | None = None  # per utterance, decoded one at a time (None: batch_size was 1)
     predictions: list[str] = field(default_factory=list, repr=False)
 
 
 def _batches(model: PreTrainedModel, processor: Any, rows: list[dict], batch_size: int) -> list[dict]:
     """Collated batches; rows longer than the family's training window (Whisper: 30 s) each make a batch of their
     own, decoded long-form."""
-    collate = collator_for(processor, model)
-    window = family_of(model).limits(model, processor).max_seconds
+    collate = family_for(model).collator(getattr(processor, "feature_extractor", processor), model)
+    window = family_for(model).limits(model, processor).max_seconds
     short = [r for r in rows if r["audio_seconds"] <= window]
     chunks = [short[i: i + batch_size] for i in range(0, len(short), batch_size)]
     chunks += [[r] for r in rows if r["audio_seconds"] > window]
@@ -152,10 +168,11 @@ def evaluate_model(
     set's audio over the slowest process's time and `latency_ms` the mean time per utterance on one device.
     """
     state = process_state()
-    model.eval()
+    if isinstance(model, PreTrainedModel):
+        model.eval()
     share = share_of(list(range(len(dataset))), batch_size, state)
     rows = [dataset[i] for i in share]  # features once: extraction is not part of the timed work
-    window = family_of(model).limits(model, processor).max_seconds
+    window = family_for(model).limits(model, processor).max_seconds
     mine = _timed_passes(name, model, processor, rows, window, batch_size, warmup, repeats, generate_kwargs,
                          progress and state.is_main_process)
     parts = gather_object([(share, *mine)]) if state.num_processes > 1 else [(share, *mine)]
@@ -166,22 +183,25 @@ def evaluate_model(
     scores = asr_scores(predictions, references, text_normalizer(processor.tokenizer, english),
                         languages=languages if languages[0] is not None else None, tokenizer=processor.tokenizer)
     seconds = [part[4] for part in parts]
+    single = [part[8] for part in parts if part[8] is not None]
     return ModelResult(
         name=name, params=count_parameters(model), size_bytes=size_on_disk(model), scores=scores,
         latency_ms=1000 * sum(seconds) / len(dataset), rtfx=sum(part[5] for part in parts) / max(seconds),
         peak_memory_mb=max(part[6] for part in parts) / 2**20, batch_size=batch_size,
-        long_form=sum(part[7] for part in parts), predictions=predictions,
+        long_form=sum(part[7] for part in parts), form=getattr(model, "form", "pytorch"),
+        latency_b1_ms=1000 * sum(single) / len(single) if single else None, predictions=predictions,
     )
 
 
 def _timed_passes(name: str, model: PreTrainedModel, processor: Any, rows: list[dict], window: float,
                   batch_size: int, warmup: int, repeats: int, generate_kwargs: dict | None, progress: bool) -> tuple:
     """Decode `rows` (best of `repeats` timed passes): predictions in the rows' order, references, languages,
-    seconds, audio seconds, peak memory (bytes) and long-form rows."""
+    seconds, audio seconds, peak memory (bytes), long-form rows, and seconds per utterance at batch size 1 (on the
+    first `B1_ROWS` rows; None when `batch_size` is 1 already)."""
     from tqdm.auto import tqdm
 
     if not rows:
-        return [], [], [], 0.0, 0.0, 0, 0
+        return [], [], [], 0.0, 0.0, 0, 0, None
     order = _batch_order(rows, window)
     batches = _batches(model, processor, [rows[i] for i in order], batch_size)
     for _ in range(warmup):
@@ -201,13 +221,28 @@ def _timed_passes(name: str, model: PreTrainedModel, processor: Any, rows: list[
             predictions = [""] * len(rows)
             for position, index in enumerate(order):
                 predictions[index] = decoded[position]
+    single = _batch_one_seconds(model, processor, [rows[i] for i in order[:B1_ROWS]], generate_kwargs) \
+        if batch_size > 1 else None
     return (predictions, [r["text"] for r in rows], [r.get("language") for r in rows], best,
-            float(sum(r["audio_seconds"] for r in rows)), peak, sum(r["audio_seconds"] > window for r in rows))
+            float(sum(r["audio_seconds"] for r in rows)), peak, sum(r["audio_seconds"] > window for r in rows), single)
+
+
+def _batch_one_seconds(model: Any, processor: Any, rows: list[dict], generate_kwargs: dict | None) -> float:
+    """Seconds per utterance decoded one at a time: the latency an interactive user sees."""
+    batches = _batches(model, processor, rows, 1)
+    start = time.perf_counter()
+    for batch in batches:
+        transcribe_batch(model, processor, batch, generate_kwargs)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return (time.perf_counter() - start) / len(batches)
 
 
 def compare(results: list[ModelResult], reference: str | None = None) -> list[ModelResult]:
-    """Set each result's speed-up against the reference (default: the first, usually the teacher)."""
-    base = next(r for r in results if r.name == reference) if reference else results[0]
+    """Set each result's speed-up against the reference in the same deployment form (by default the first result
+    of that form, usually the teacher): a student in int8 is compared with the teacher in int8."""
     for r in results:
+        same_form = [x for x in results if x.form == r.form]
+        base = next((x for x in same_form if x.name == reference), same_form[0]) if reference else same_form[0]
         r.speedup = base.latency_ms / r.latency_ms
     return results

@@ -9,24 +9,27 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..families import family_of
-from .measure import ModelResult
+from .measure import ModelResult, family_for
 
 logger = logging.getLogger(__name__)
 
 
 def report_table(results: list[ModelResult]) -> str:
-    """Markdown table: model, params, size, WER, CER, runaways, latency, RTFx, speed-up."""
+    """Markdown table: model, form, params, size on disk, WER, CER, runaways, latency (batch 1 and batched), RTFx,
+    speed-up against the teacher in the same form, peak memory."""
+    batch = results[0].batch_size if results else 1
     lines = [
-        "| model | params (M) | size fp32 (MB) | size fp16 (MB) | WER % | CER % | runaway | latency (ms/utt) "
-        "| RTFx | speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | form | params (M) | size (MB) | WER % | CER % | runaway | latency b=1 (ms/utt) "
+        f"| latency b={batch} (ms/utt) | RTFx | speed-up | peak memory (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        single = f"{r.latency_b1_ms:.1f}" if r.latency_b1_ms is not None else f"{r.latency_ms:.1f}"
+        size = r.size_bytes.get("disk", r.size_bytes.get("fp32", 0))
         lines.append(
-            f"| {r.name} | {r.params['total'] / 1e6:.1f} | {r.size_bytes['fp32'] / 1e6:.1f} "
-            f"| {r.size_bytes['fp16'] / 1e6:.1f} | {100 * r.scores['wer']:.2f} | {100 * r.scores['cer']:.2f} "
-            f"| {r.scores['runaway']} | {r.latency_ms:.1f} | {r.rtfx:.1f} | {r.speedup:.2f}x |"
+            f"| {r.name} | {r.form} | {r.params['total'] / 1e6:.1f} | {size / 1e6:.1f} | {100 * r.scores['wer']:.2f} "
+            f"| {100 * r.scores['cer']:.2f} | {r.scores['runaway']} | {single} | {r.latency_ms:.1f} | {r.rtfx:.1f} "
+            f"| {r.speedup:.2f}x | {r.peak_memory_mb:.0f} |"
         )
     return "\n".join(lines)
 
@@ -47,6 +50,20 @@ def language_table(results: list[ModelResult]) -> str:
     return "\n".join(lines)
 
 
+def parity(results: list[ModelResult]) -> dict:
+    """Each deployed form's transcripts against the same model's PyTorch ones (when both were measured): how many
+    are identical, and the WER difference. Results are named "<model> (<form>)"."""
+    by_name = {r.name: r for r in results}
+    out = {}
+    for r in results:
+        base = by_name.get(r.name.replace(f"({r.form})", "(pytorch)"))
+        if r.form != "pytorch" and base is not None and base.predictions and r.predictions:
+            same = sum(a == b for a, b in zip(r.predictions, base.predictions))
+            out[r.name] = {"identical": same, "utterances": len(r.predictions),
+                           "wer_delta": r.scores["wer"] - base.scores["wer"]}
+    return {"parity": out} if out else {}
+
+
 def report_meta(results: list[ModelResult], model: Any, utterances: int, **extra: Any) -> dict:
     """What the report says about the set: utterances, languages, and how long audio was decoded."""
     meta = {"utterances": utterances, **extra}
@@ -55,8 +72,23 @@ def report_meta(results: list[ModelResult], model: Any, utterances: int, **extra
         meta["languages"] = languages
     long_form = max((r.long_form for r in results), default=0)
     if long_form:
-        meta["long_form"] = {"rows": long_form, "method": family_of(model).long_form_method}
+        meta["long_form"] = {"rows": long_form, "method": family_for(model).long_form_method}
     return meta
+
+
+def extras_text(meta: dict) -> str:
+    """The report's notes on deployed forms' parity and on speculative decoding."""
+    text = ""
+    if meta.get("parity"):
+        text += "\n\nParity with the PyTorch model (greedy transcripts):\n\n| model (form) | identical | WER change |\n" \
+                "|---|---:|---:|\n" + "\n".join(f"| {name} | {p['identical']}/{p['utterances']} | "
+                                                f"{100 * p['wer_delta']:+.2f} |" for name, p in meta["parity"].items())
+    spec = meta.get("speculative")
+    if spec:
+        text += (f"\n\nSpeculative decoding, the student as the teacher's assistant ({spec['assistant']}): "
+                 f"{spec['identical']}/{spec['utterances']} outputs identical to the teacher's greedy ones, "
+                 f"{spec['speedup']:.2f}x ({spec['teacher_ms']:.0f} -> {spec['assisted_ms']:.0f} ms per utterance).")
+    return text
 
 
 def plot_report(results: list[ModelResult], path: str | Path) -> bool:
@@ -71,10 +103,17 @@ def plot_report(results: list[ModelResult], path: str | Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
-        ax.scatter(r.rtfx, 100 * r.scores["wer"], s=40 + r.params["total"] / 1e6)
-        ax.annotate(r.name, (r.rtfx, 100 * r.scores["wer"]), textcoords="offset points", xytext=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    forms = sorted({r.form for r in results})
+    for r in results:  # one colour per deployment form, one point per model in it
+        ax.scatter(r.rtfx, 100 * r.scores["wer"], s=40 + r.params["total"] / 1e6, color=f"C{forms.index(r.form)}",
+                   label=r.form)
+        label = r.name if len(forms) == 1 else f"{r.name} ({r.form})"
+        ax.annotate(label, (r.rtfx, 100 * r.scores["wer"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if len(forms) > 1:
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=8)
     ax.set_xlabel("RTFx (audio seconds per compute second, higher is faster)")
     ax.set_ylabel("WER % (lower is better)")
     ax.set_title("Accuracy vs speed")
@@ -100,6 +139,7 @@ def write_report(results: list[ModelResult], output_dir: str | Path, meta: dict 
     long_form = (meta or {}).get("long_form")
     if long_form:
         text += f"\n\n{long_form['rows']} recordings over the training window were decoded with {long_form['method']}."
+    text += extras_text(meta or {})
     paths["md"].write_text(text + "\n")
     if not plot_report(results, paths["png"]):
         del paths["png"]

@@ -64,6 +64,7 @@ class Family:
     kd_per_label_token: bool = True  # output-layer KD positions are label tokens (else audio frames)
     hard_loss_per_token: bool = True  # hard_loss is a sum over label tokens (else a per-batch mean)
     separate_encoder: bool = False  # an encoder whose output a teacher may reuse (and a cache may store)
+    ct2_supported: bool = False  # CTranslate2 (faster-whisper) converts this family
     depth_option: str = ""  # the make_student option a single "student layers" number means (the demo's)
     long_form_method: str = ""  # how audio longer than the training window is decoded (said in reports)
 
@@ -188,6 +189,27 @@ class Family:
     def evaluation_logits(self, model: PreTrainedModel, batch: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
         """Logits as `compute_metrics` should see them (default: unchanged)."""
         return logits
+
+    # ---- deployed forms ------------------------------------------------------------------------------------------
+
+    def onnx_graphs(self, model: PreTrainedModel, batch: dict[str, Any], processor: Any) -> dict[str, tuple]:
+        """The model as ONNX graphs: name -> (module, example inputs, input names, output names, dynamic axes)."""
+        raise NotImplementedError
+
+    def onnx_transcribe(self, sessions: dict[str, Any], config: PretrainedConfig, generation_config: Any,
+                        processor: Any, batch: dict[str, Any]) -> list[str]:
+        """Greedy transcripts of a collated batch with ONNX Runtime sessions of `onnx_graphs`."""
+        raise NotImplementedError
+
+    def ct2_transcribe(self, model: Any, config: PretrainedConfig, generation_config: Any, processor: Any,
+                       batch: dict[str, Any]) -> list[str]:
+        """Greedy transcripts of a collated batch with a CTranslate2 model."""
+        raise ValueError(f"CTranslate2 exports are for Whisper models, not {self.title} models; use onnx.")
+
+    def assistant(self, student: PreTrainedModel, teacher: PreTrainedModel) -> PreTrainedModel:
+        """The student as the teacher's assistant model in speculative decoding."""
+        raise ValueError(f"Speculative decoding drafts tokens for a generating model: {self.title} models decode in "
+                         "one pass, there is nothing to speed up.")
 
     # ---- students ------------------------------------------------------------------------------------------------
 

@@ -56,10 +56,24 @@ class ConvFrames:
         return cls(sampling_rate, tuple(kernels), tuple(strides))
 
     def __call__(self, seconds: float) -> int:
-        length = int(seconds * self.sampling_rate)
+        return max(int(self.samples(int(seconds * self.sampling_rate))), 0)
+
+    def samples(self, length: Any) -> Any:
+        """Output frames of `length` samples (an int or a tensor of them)."""
         for kernel, stride in zip(self.kernels, self.strides):
             length = (length - kernel) // stride + 1
-        return max(length, 0)
+        return length
+
+
+class _OnnxLogits(nn.Module):
+    """The CTC model as one graph: its inputs (by name) to its logits."""
+
+    def __init__(self, model: PreTrainedModel, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs))).logits
 
 
 def frames_needed(label_ids: list[int]) -> int:
@@ -112,7 +126,7 @@ class CTCFamily(Family):
             inputs["attention_mask"] = batch["attention_mask"]
         return inputs
 
-    def frame_lengths(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
+    def frame_lengths(self, model: PreTrainedModel | PretrainedConfig, batch: dict[str, Any]) -> torch.Tensor:
         """Output frames holding audio, per row: from the true lengths, else the attention mask, else all."""
         values = batch["input_values"]
         if batch.get("input_lengths") is not None:
@@ -121,11 +135,12 @@ class CTCFamily(Family):
             samples = batch["attention_mask"].sum(-1)
         else:
             samples = torch.full((values.shape[0],), values.shape[1])
-        return model._get_feat_extract_output_lengths(samples.to(values.device)).long()
+        return ConvFrames.of(config_of(model), 1).samples(samples.to(values.device)).long()
 
-    def positions(self, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
+    def positions(self, model: PreTrainedModel | PretrainedConfig, batch: dict[str, Any]) -> torch.Tensor:
+        """Real frames (from the conv front-end's arithmetic on the config: a config serves as well as a model)."""
         values = batch["input_values"]
-        frames = int(model._get_feat_extract_output_lengths(values.shape[1]))
+        frames = int(ConvFrames.of(config_of(model), 1).samples(values.shape[1]))
         lengths = self.frame_lengths(model, batch)
         return torch.arange(frames, device=values.device)[None, :] < lengths[:, None]
 
@@ -162,7 +177,7 @@ class CTCFamily(Family):
         inputs = self.model_inputs(model, batch)
         inputs = {k: v.to(model.device, model.dtype if k == "input_values" else v.dtype) for k, v in inputs.items()}
         ids = model(**inputs).logits.argmax(-1).cpu()
-        valid = self.positions(model, {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)})
+        valid = self.positions(model.config, {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)})
         # padded frames were never trained: decode them as blanks
         return tokenizer.batch_decode(ids.masked_fill(~valid, tokenizer.pad_token_id))
 
@@ -178,6 +193,25 @@ class CTCFamily(Family):
         blank = torch.full_like(logits, torch.finfo(logits.dtype).min)
         blank[..., model.config.pad_token_id] = 0
         return torch.where(valid[..., None], logits, blank)
+
+    # ---- deployed forms ------------------------------------------------------------------------------------------
+
+    def onnx_graphs(self, model: PreTrainedModel, batch: dict[str, Any], processor: Any) -> dict[str, tuple]:
+        inputs = self.model_inputs(model, batch)
+        names = list(inputs)
+        axes = {name: {0: "batch", 1: "samples"} for name in names}
+        return {"model": (_OnnxLogits(model, names), tuple(inputs[n][:1] for n in names), names, ["logits"],
+                          {**axes, "logits": {0: "batch", 1: "frames"}})}
+
+    def onnx_transcribe(self, sessions: dict[str, Any], config: PretrainedConfig, generation_config: Any,
+                        processor: Any, batch: dict[str, Any]) -> list[str]:
+        session = sessions["model"]
+        wanted = {i.name for i in session.get_inputs()}
+        inputs = {k: v.float().numpy() if k == "input_values" else v.numpy() for k, v in batch.items() if k in wanted}
+        ids = torch.from_numpy(session.run(None, inputs)[0]).argmax(-1)
+        valid = self.positions(config, batch)  # padded frames decode as blanks, as in PyTorch
+        tokenizer = processor.tokenizer
+        return tokenizer.batch_decode(ids.masked_fill(~valid[:, : ids.shape[1]], tokenizer.pad_token_id))
 
     # ---- students ------------------------------------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ class WhisperFamily(Family):
     width_field = "d_model"
     kd_per_label_token = True
     separate_encoder = True
+    ct2_supported = True
     depth_option = "decoder_layers"
     long_form_method = "Whisper's sequential long-form generation (30 s windows, each starting where the last " \
                        "predicted timestamp ended)"
@@ -309,6 +310,55 @@ class WhisperFamily(Family):
         refs = tokenizer.batch_decode(np.where(label_ids == -100, pad, label_ids), skip_special_tokens=True)
         return texts, refs
 
+    # ---- deployed forms ------------------------------------------------------------------------------------------
+
+    def onnx_graphs(self, model: PreTrainedModel, batch: dict[str, Any], processor: Any) -> dict[str, tuple]:
+        prompt = runtime_prompts(model.generation_config, processor.tokenizer, batch)[0]
+        return onnx_graphs(model, batch, prompt)
+
+    def onnx_transcribe(self, sessions: dict[str, Any], config: PretrainedConfig, generation_config: Any,
+                        processor: Any, batch: dict[str, Any]) -> list[str]:
+        self._short_form(batch)
+        return onnx_transcribe(sessions, generation_config, processor, batch,
+                               max_new_tokens_for(float(batch.get("max_seconds", MAX_SECONDS))))
+
+    def ct2_transcribe(self, model: Any, config: PretrainedConfig, generation_config: Any, processor: Any,
+                       batch: dict[str, Any]) -> list[str]:
+        self._short_form(batch)
+        return ct2_transcribe(model, generation_config, processor, batch,
+                              max_new_tokens_for(float(batch.get("max_seconds", MAX_SECONDS))))
+
+    def assistant(self, student: PreTrainedModel, teacher: PreTrainedModel) -> PreTrainedModel:
+        """The student as the teacher's assistant in speculative decoding (`generate(assistant_model=...)`): its
+        decoder alone when its encoder is the teacher's (the teacher's encoder output then serves both, as with
+        distil-whisper), the whole student otherwise. Pairs that cannot work are refused with the reason."""
+        if student.config.vocab_size != teacher.config.vocab_size:
+            raise ValueError(f"The assistant must share the teacher's vocabulary: student vocab "
+                             f"{student.config.vocab_size} != teacher vocab {teacher.config.vocab_size}.")
+        if student.config.num_mel_bins != teacher.config.num_mel_bins:
+            raise ValueError(f"The assistant must read the teacher's features: {student.config.num_mel_bins} mel "
+                             f"bins != {teacher.config.num_mel_bins}.")
+        s_enc, t_enc = student.model.encoder.state_dict(), teacher.model.encoder.state_dict()
+        shared = s_enc.keys() == t_enc.keys() and all(
+            s_enc[k].shape == t_enc[k].shape and torch.equal(s_enc[k].to(t_enc[k]), t_enc[k]) for k in s_enc)
+        if not shared:
+            return student.eval()
+        from transformers import WhisperForCausalLM
+
+        import copy
+
+        decoder_only = WhisperForCausalLM(copy.deepcopy(student.config)).to(student.device, student.dtype)
+        decoder_only.model.decoder.load_state_dict(student.model.decoder.state_dict())
+        decoder_only.proj_out.load_state_dict(student.proj_out.state_dict())
+        decoder_only.generation_config = copy.deepcopy(student.generation_config)
+        return decoder_only.eval()
+
+    @staticmethod
+    def _short_form(batch: dict[str, Any]) -> None:
+        if batch["input_features"].shape[-1] > WINDOW_FRAMES:
+            raise ValueError("Audio over 30 s is decoded long-form by the PyTorch model only; evaluate deployed forms "
+                             "on audio of at most 30 s (prepare_dataset without long_form).")
+
     # ---- students ------------------------------------------------------------------------------------------------
 
     def freeze_encoder(self, student: PreTrainedModel) -> None:
@@ -324,3 +374,156 @@ class WhisperFamily(Family):
         student.generation_config.alignment_heads = student_alignment_heads(
             getattr(teacher.generation_config, "alignment_heads", None), layer_map["decoder"],
             student.config.decoder_attention_heads)
+
+
+# ---- deployed forms: ONNX graphs, and greedy decoding in ONNX Runtime and CTranslate2 --------------------------
+
+
+class _OnnxEncoder(nn.Module):
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.encoder = model.model.encoder
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_features).last_hidden_state
+
+
+class _OnnxDecoderInit(nn.Module):
+    """The prompt's step: logits, and every layer's self- and cross-attention keys and values for the next steps."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.decoder, self.proj_out, self.layers = model.model.decoder, model.proj_out, model.config.decoder_layers
+
+    def forward(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor) -> tuple:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        out = self.decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states, past_key_values=cache,
+                           use_cache=True)
+        kv = out.past_key_values
+        states = []
+        for i in range(self.layers):
+            states += [kv.self_attention_cache.layers[i].keys, kv.self_attention_cache.layers[i].values,
+                       kv.cross_attention_cache.layers[i].keys, kv.cross_attention_cache.layers[i].values]
+        return (self.proj_out(out.last_hidden_state), *states)
+
+
+class _OnnxDecoderStep(nn.Module):
+    """One more token: logits and the grown self-attention keys and values (the cross-attention ones are fixed)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.decoder, self.proj_out, self.layers = model.model.decoder, model.proj_out, model.config.decoder_layers
+
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        self_cache, cross_cache = DynamicCache(), DynamicCache()
+        for i in range(self.layers):
+            self_cache.update(past[4 * i], past[4 * i + 1], i)
+            cross_cache.update(past[4 * i + 2], past[4 * i + 3], i)
+        start = past[0].shape[2]
+        positions = torch.arange(start, start + input_ids.shape[1]).unsqueeze(0)
+        # the cross cache is filled: the encoder states passed here only make the layers run cross-attention
+        out = self.decoder(input_ids=input_ids, encoder_hidden_states=past[2], position_ids=positions, use_cache=True,
+                           past_key_values=EncoderDecoderCache(self_cache, cross_cache))
+        kv = out.past_key_values
+        states = []
+        for i in range(self.layers):
+            states += [kv.self_attention_cache.layers[i].keys, kv.self_attention_cache.layers[i].values]
+        return (self.proj_out(out.last_hidden_state), *states)
+
+
+def _past_names(layers: int) -> list[str]:
+    return [f"past_{kind}_{i}" for i in range(layers) for kind in ("self_k", "self_v", "cross_k", "cross_v")]
+
+
+def onnx_graphs(model: PreTrainedModel, batch: dict[str, Any], prompt: list[int]) -> dict[str, tuple]:
+    """Whisper as three ONNX graphs (encoder, decoder's first step, decoder's next steps with a key/value cache):
+    name -> (module, example inputs, input names, output names, dynamic axes)."""
+    layers = model.config.decoder_layers
+    features = batch["input_features"][:1].to(model.dtype)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        encoded = _OnnxEncoder(model)(features)
+        first = _OnnxDecoderInit(model)(ids, encoded)
+    past, present = _past_names(layers), [f"present_{k}_{i}" for i in range(layers) for k in ("self_k", "self_v")]
+    cross = {name: {0: "batch"} for name in past if "cross" in name}
+    return {
+        "encoder": (_OnnxEncoder(model), (features,), ["input_features"], ["encoder_hidden_states"],
+                    {"input_features": {0: "batch"}, "encoder_hidden_states": {0: "batch"}}),
+        "decoder_init": (_OnnxDecoderInit(model), (ids, encoded), ["input_ids", "encoder_hidden_states"],
+                         ["logits", *past], {"input_ids": {0: "batch", 1: "prompt"}, "logits": {0: "batch", 1: "prompt"},
+                                             "encoder_hidden_states": {0: "batch"}, **cross,
+                                             **{n: {0: "batch", 2: "prompt"} for n in past if "self" in n}}),
+        "decoder_step": (_OnnxDecoderStep(model), (ids[:, -1:], *first[1:]), ["input_ids", *past],
+                         ["logits", *present], {"input_ids": {0: "batch"}, "logits": {0: "batch"}, **cross,
+                                                **{n: {0: "batch", 2: "past"} for n in past if "self" in n},
+                                                **{n: {0: "batch", 2: "grown"} for n in present}}),
+    }
+
+
+def runtime_prompts(generation_config: Any, tokenizer: Any, batch: dict[str, Any]) -> list[list[int]]:
+    """Each row's prompt, as `generate` makes it: start, language and task (multilingual), no-timestamps."""
+    multilingual = bool(getattr(generation_config, "is_multilingual", False))
+    languages = batch.get("language") or [getattr(generation_config, "language", None) or "en"] * len(
+        batch["input_features"])
+    task = getattr(generation_config, "task", None) or "transcribe"
+    family = WhisperFamily()
+    return [family.prompt_ids(tokenizer, lang if multilingual else None, task, timestamps=False) for lang in languages]
+
+
+def _suppress(logits: np.ndarray, generation_config: Any, first: bool) -> np.ndarray:
+    logits = logits.copy()
+    if getattr(generation_config, "suppress_tokens", None):
+        logits[:, generation_config.suppress_tokens] = -np.inf
+    if first and getattr(generation_config, "begin_suppress_tokens", None):
+        logits[:, generation_config.begin_suppress_tokens] = -np.inf
+    return logits
+
+
+def onnx_transcribe(sessions: dict[str, Any], generation_config: Any, processor: Any, batch: dict[str, Any],
+                    max_new_tokens: int) -> list[str]:
+    """Greedy decoding with the three ONNX graphs and the key/value cache, as `generate` decodes (suppressed tokens
+    included)."""
+    tokenizer, eos = processor.tokenizer, generation_config.eos_token_id
+    features = batch["input_features"].float().numpy()
+    prompts = np.array(runtime_prompts(generation_config, tokenizer, batch), dtype=np.int64)
+    encoded = sessions["encoder"].run(None, {"input_features": features})[0]
+    out = sessions["decoder_init"].run(None, {"input_ids": prompts, "encoder_hidden_states": encoded})
+    layers = (len(out) - 1) // 4
+    past = dict(zip(_past_names(layers), out[1:]))
+    logits, tokens = out[0][:, -1], [[] for _ in prompts]
+    finished = np.zeros(len(prompts), dtype=bool)
+    for step in range(max_new_tokens):
+        chosen = _suppress(logits, generation_config, step == 0).argmax(-1)
+        for row, token in enumerate(chosen):
+            if not finished[row]:
+                finished[row] = token == eos
+                tokens[row] += [] if finished[row] else [int(token)]
+        if finished.all():
+            break
+        feed = np.where(finished, eos, chosen).astype(np.int64)[:, None]
+        out = sessions["decoder_step"].run(None, {"input_ids": feed, **past})
+        for i in range(layers):
+            past[f"past_self_k_{i}"], past[f"past_self_v_{i}"] = out[1 + 2 * i], out[2 + 2 * i]
+        logits = out[0][:, -1]
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+
+def ct2_transcribe(model: Any, generation_config: Any, processor: Any, batch: dict[str, Any],
+                   max_new_tokens: int) -> list[str]:
+    """Greedy decoding in CTranslate2 (what faster-whisper runs), from the same features and prompts."""
+    import ctranslate2
+
+    tokenizer = processor.tokenizer
+    features = ctranslate2.StorageView.from_array(np.ascontiguousarray(batch["input_features"].float().numpy()))
+    prompts = [tokenizer.convert_ids_to_tokens(p) for p in runtime_prompts(generation_config, tokenizer, batch)]
+    # suppress_tokens=[-1]: the model's own (converted from its generation config); suppress_blank (a space or the
+    # end as first token) is what begin_suppress_tokens says for Whisper checkpoints
+    blank = bool(getattr(generation_config, "begin_suppress_tokens", None))
+    # CTranslate2's Whisper decodes at most max_length / 2 tokens (OpenAI's sample_len rule), capped at 448
+    results = model.generate(features, prompts, beam_size=1, max_length=min(448, 2 * max_new_tokens),
+                             suppress_blank=blank, suppress_tokens=[-1])
+    return tokenizer.batch_decode([r.sequences_ids[0] for r in results], skip_special_tokens=True)
