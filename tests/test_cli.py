@@ -74,8 +74,8 @@ def test_create_student_distill_and_evaluate_end_to_end(saved_teacher, capsys):
     assert names == ["teacher", "run", "small"]
 
 
-@pytest.mark.parametrize("name", ["distill_whisper.yaml", "distill_ctc.yaml"])
-def test_example_configs_parse(name):
+@pytest.mark.parametrize("name,hidden", [("distill_whisper.yaml", 0.0), ("distill_ctc.yaml", 1.0)])
+def test_example_configs_parse(name, hidden):
     from pathlib import Path
 
     from hf_asr_distill.cli import StudentArguments, TeacherArguments
@@ -83,8 +83,8 @@ def test_example_configs_parse(name):
     path = Path(__file__).resolve().parent.parent / "examples" / name
     teacher, student, data, config = _parse((TeacherArguments, StudentArguments, DataArguments, DistillationConfig),
                                             ["--config", str(path)])
-    assert teacher.teacher and data.dataset and config.alpha_hidden == 1.0
-    assert (config.decoder_layer_map or config.hidden_layer_map) and student.shrink()
+    assert teacher.teacher and data.dataset and config.alpha_hidden == hidden and config.alpha_kd == 1.0
+    assert student.shrink() and (config.hidden_layer_map or not hidden)
 
 
 def test_pseudo_label_cache_and_distill_from_the_cache(saved_teacher, capsys):
