@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import hf_asr_distill.pseudo_label as pl
 from conftest import ctc_processor, tiny_ctc, tiny_real_whisper, whisper_processor, write_corpus
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
-from hf_asr_distill.cache import TeacherCache, bucket_logprobs, cache_size_bytes, cache_teacher
+from hf_asr_distill.cache import TeacherCache, bucket_logprobs, cache_size_bytes, cache_teacher, read_index
 from hf_asr_distill.data import load_speech_dataset, normalize_for_vocab, prepare_dataset
 from hf_asr_distill.pseudo_label import PROGRESS_FILE, pseudo_label
 from hf_asr_distill.trainer import check_pair
@@ -229,6 +229,21 @@ def test_shards_are_size_bounded_and_the_index_is_read_without_opening_them(tmp_
     batch = collator_for(processor, teacher)([ds[i] for i in range(2)])
     cache.batch(batch["example_id"].tolist(), batch["labels"].ne(-100))
     assert 1 <= len(opened) <= 2
+
+
+def test_examples_per_shard_and_open_shards_are_capped_so_memory_does_not_grow_with_rows(tmp_path, whisper_setup,
+                                                                                      monkeypatch):
+    import hf_asr_distill.cache as cache_module
+
+    processor, teacher, ds = whisper_setup
+    monkeypatch.setattr(cache_module, "SHARD_EXAMPLES", 2)
+    monkeypatch.setattr(cache_module, "OPEN_SHARDS", 2)
+    cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, batch_size=1, progress=False)
+    index = read_index(tmp_path / "cache")
+    assert [len(line["examples"]) for line in index] == [2] * (len(ds) // 2) + [1] * (len(ds) % 2)
+    cache = TeacherCache(tmp_path / "cache")
+    everything = cache._read_examples(list(range(len(ds))))  # every shard opened in turn
+    assert len(everything) == len(ds) and len(cache._handles) == 2
 
 
 def test_a_damaged_shard_is_named_with_the_fix(tmp_path, whisper_setup):
