@@ -164,7 +164,8 @@ class Deployed:
         from transformers import AutoModelForCTC, AutoModelForSpeechSeq2Seq
 
         auto = AutoModelForSpeechSeq2Seq if self.config.is_encoder_decoder else AutoModelForCTC
-        return auto.from_config(self.config)
+        # fp32 whatever the checkpoint was saved in: dynamic int8 layers take fp32 activations
+        return auto.from_config(self.config, dtype=torch.float32)
 
     def transcribe(self, processor: Any, batch: dict[str, Any], generate_kwargs: dict | None = None) -> list[str]:
         """Greedy transcripts of one collated batch in this form."""

@@ -70,6 +70,15 @@ def test_ctc_forms(tmp_path, ctc, form):
     assert result["ok"] and (form != "onnx" or result["identical"] == 6)
 
 
+def test_a_checkpoint_saved_in_half_precision_exports_to_int8(tmp_path, ctc):
+    processor, model, ds, batch = ctc
+    model.half().save_pretrained(tmp_path / "half")  # as the demo's shipped teacher is stored
+    model.float()
+    processor.save_pretrained(tmp_path / "half")
+    deployed = deploy(str(tmp_path / "half"), processor, tmp_path / "int8", "pytorch-int8")
+    assert len(deployed.transcribe(processor, batch)) == 2
+
+
 def test_unavailable_forms_are_refused_with_the_reason(tmp_path, ctc, monkeypatch):
     processor, model, _, batch = ctc
     with pytest.raises(ValueError, match="CTranslate2 exports are for Whisper models, not CTC models"):
