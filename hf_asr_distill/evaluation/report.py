@@ -110,7 +110,7 @@ def plot_report(results: list[ModelResult], path: str | Path) -> bool:
     for r in results:  # one colour per deployment form, one point per model in it
         ax.scatter(r.rtfx, 100 * r.scores["wer"], s=40 + r.params["total"] / 1e6, color=f"C{forms.index(r.form)}",
                    label=r.form)
-        label = r.name if len(forms) == 1 else f"{r.name} ({r.form})"
+        label = r.name if len(forms) == 1 or r.name.endswith(f"({r.form})") else f"{r.name} ({r.form})"
         ax.annotate(label, (r.rtfx, 100 * r.scores["wer"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     handles, labels = ax.get_legend_handles_labels()
     if len(forms) > 1:
