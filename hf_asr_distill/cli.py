@@ -258,7 +258,7 @@ def _deployed(models: dict, processor: Any, dataset: Any, forms: list[str], fold
     for form in forms:
         for name, model in models.items():
             key = name if len(forms) == 1 else f"{name} ({form})"
-            out[key] = model if form == "pytorch" else deploy(model.cpu(), processor, folder / f"{name}-{form}", form,
+            out[key] = model if form == "pytorch" else deploy(model, processor, folder / f"{name}-{form}", form,
                                                               example_batch=example, name=key)
     return out
 

@@ -57,11 +57,13 @@ def export_model(model: PreTrainedModel | str, processor: Any, output_dir: str |
     ONNX exports trace the model on `example_batch` (a collated batch; only its first row is used).
     """
     _check_form(form)
-    model = load_model(model) if isinstance(model, str) else model
+    model = load_model(model, dtype=torch.float32) if isinstance(model, str) else model
+    if model.device.type != "cpu" or model.dtype != torch.float32:
+        model = _cpu_fp32_copy(model)  # the converters run on fp32 CPU weights; the caller's model is left as is
+    model = model.eval()
     family = family_of(model)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.eval().float()
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     if form == "pytorch":
         model.save_pretrained(out)
@@ -82,6 +84,15 @@ def export_model(model: PreTrainedModel | str, processor: Any, output_dir: str |
     _save_processor(processor, out)
     (out / RECORD).write_text(json.dumps({"form": form, "family": family.name, "params": params}, indent=2))
     return out
+
+
+def _cpu_fp32_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """The model in fp32 on the CPU, where the converters run, without touching the caller's (GPU, fp16) copy."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        if model.can_generate():
+            model.generation_config.save_pretrained(tmp)
+        return load_model(tmp, dtype=torch.float32)
 
 
 def _int8(model: PreTrainedModel) -> PreTrainedModel:

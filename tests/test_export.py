@@ -73,10 +73,12 @@ def test_ctc_forms(tmp_path, ctc, form):
 def test_a_checkpoint_saved_in_half_precision_exports_to_int8(tmp_path, ctc):
     processor, model, ds, batch = ctc
     model.half().save_pretrained(tmp_path / "half")  # as the demo's shipped teacher is stored
-    model.float()
     processor.save_pretrained(tmp_path / "half")
     deployed = deploy(str(tmp_path / "half"), processor, tmp_path / "int8", "pytorch-int8")
     assert len(deployed.transcribe(processor, batch)) == 2
+    deploy(model, processor, tmp_path / "int8-from-memory", "pytorch-int8")  # an fp16 model in memory
+    assert model.dtype == torch.float16  # exported from a copy: the caller's model is left as it was
+    model.float()
 
 
 def test_unavailable_forms_are_refused_with_the_reason(tmp_path, ctc, monkeypatch):
