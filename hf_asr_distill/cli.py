@@ -196,7 +196,9 @@ def cmd_distill(argv: list[str]) -> None:
         # the saved student and a fresh teacher: whatever the backend did to them (ZeRO-3 partitions), every process
         # evaluates its share of the rows on its device, and the main process writes the report
         device = _device("auto")
-        _report({"teacher": load_model(t_args.teacher).to(device), "student": load_model(config.output_dir).to(device)},
+        dtype = _eval_dtype(device)
+        _report({"teacher": load_model(t_args.teacher, dtype=dtype).to(device),
+                 "student": load_model(config.output_dir, dtype=dtype).to(device)},
                 processor, test, Path(config.output_dir) / "report", batch_size=config.per_device_eval_batch_size)
 
 
@@ -205,6 +207,14 @@ def _device(name: str) -> Any:
     import torch
 
     return process_state().device if name == "auto" else torch.device(name)
+
+
+def _eval_dtype(device: Any) -> Any:
+    """fp32 on a CPU for every model compared (a checkpoint saved in fp16 would otherwise run emulated and slow, and
+    be timed against an fp32 student); on an accelerator, each model as saved."""
+    import torch
+
+    return torch.float32 if device.type == "cpu" else None
 
 
 def _report(models: dict, processor: Any, dataset: Any, output_dir: Path, meta: dict | None = None,
@@ -233,9 +243,10 @@ def cmd_evaluate(argv: list[str]) -> None:
                                   "hf-asr-distill evaluate")
     processor = AutoProcessor.from_pretrained(t_args.processor or t_args.teacher)
     device = _device(e_args.device)
-    models = {"teacher": load_model(t_args.teacher).to(device)}
+    dtype = _eval_dtype(device)
+    models = {"teacher": load_model(t_args.teacher, dtype=dtype).to(device)}
     for path in e_args.student:
-        models[Path(path).name if len(e_args.student) > 1 else "student"] = load_model(path).to(device)
+        models[Path(path).name if len(e_args.student) > 1 else "student"] = load_model(path, dtype=dtype).to(device)
     raw = load_speech_dataset(e_args.dataset, e_args.split, e_args.audio_column, e_args.text_column)
     forms = [f.strip() for f in e_args.formats.split(",") if f.strip()]
     dataset, _ = prepare_dataset(_limit(raw, e_args.max_samples), processor, models["teacher"],

@@ -257,3 +257,15 @@ def test_plan_lists_shapes_with_size_and_latency_per_form(whisper, capsys, tmp_p
     main(["plan", "--teacher", str(tmp_path / "t"), "--shapes", "decoder_layers=1", "--seconds", "1", "--tokens", "2",
           "--repeats", "1"])
     assert "| decoder_layers=1 |" in capsys.readouterr().out
+
+
+def test_evaluate_on_cpu_compares_a_half_precision_checkpoint_in_fp32(tmp_path, ctc):
+    processor, model, ds, batch = ctc
+    model.half().save_pretrained(tmp_path / "teacher")  # the demo's teacher is stored like this
+    model.float().save_pretrained(tmp_path / "student")
+    processor.save_pretrained(tmp_path / "teacher")
+    write_corpus(tmp_path / "data" / "test", n=4)
+    main(["evaluate", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"), "--dataset",
+          str(tmp_path / "data"), "--output_dir", str(tmp_path / "report"), "--repeats", "1", "--warmup", "0"])
+    teacher, student = json.loads((tmp_path / "report" / "report.json").read_text())["results"]
+    assert teacher["size_bytes"]["disk"] == student["size_bytes"]["disk"]  # both measured in fp32
