@@ -32,7 +32,7 @@ from common import base_parser, machine, table
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
 from hf_asr_distill.cache import TeacherCache, cache_teacher
 from hf_asr_distill.data import load_speech_dataset, prepare_dataset
-from hf_asr_distill.demo.corpus import ESPEAK_VARIANTS, fortune_sentences, make_sentence_corpus
+from hf_asr_distill.demo.corpus import fortune_sentences, make_sentence_corpus
 from hf_asr_distill.evaluation import asr_scores
 from hf_asr_distill.families import WhisperFamily
 from hf_asr_distill.pseudo_label import pseudo_label

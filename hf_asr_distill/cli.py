@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -234,8 +234,6 @@ def _report(models: dict, processor: Any, dataset: Any, output_dir: Path, meta: 
 
 def cmd_evaluate(argv: list[str]) -> None:
     """Compare the teacher and student(s): WER, CER, runaways, params, size, latency, RTFx, speed-up."""
-    import torch
-
     from .data import load_speech_dataset, prepare_dataset
     from .student import load_model
 
@@ -361,8 +359,6 @@ class PseudoLabelArguments:
 
 def cmd_pseudo_label(argv: list[str]) -> None:
     """Transcribe a dataset with the teacher (sequence-level KD targets), keep rows within --max_wer; resumable."""
-    import torch
-
     from .data import load_speech_dataset
     from .pseudo_label import pseudo_label
     from .student import load_model

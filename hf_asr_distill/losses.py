@@ -130,3 +130,15 @@ def student_buckets(student_logits: Tensor, indices: Tensor, temperature: float)
     """The student's softened log-probs on the teacher's top-k tokens plus the tail bucket, (..., k + 1)."""
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
     return bucket_logprobs(log_q.gather(-1, indices.long()))
+
+
+def output_kd(kd_loss: str, student_logits: Tensor, temperature: float, teacher_logits: Tensor | None = None,
+              topk_logprobs: Tensor | None = None, topk_indices: Tensor | None = None) -> Tensor:
+    """Output-layer KD per position against the live teacher's logits (resampled to the student's frame count), or
+    against a cache's top-k log-probs and their token ids (k + 1 buckets: the top-k and the tail)."""
+    kd_fn = KD_LOSS_FNS[kd_loss]
+    if topk_logprobs is not None:
+        # in log space already; scaling by T undoes the loss functions' 1/T softening
+        student = student_buckets(student_logits, topk_indices, temperature)
+        return kd_fn(student * temperature, bucket_logprobs(topk_logprobs) * temperature, temperature)
+    return kd_fn(student_logits, align_time(teacher_logits, student_logits.shape[1]), temperature)

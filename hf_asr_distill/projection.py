@@ -12,6 +12,7 @@ every checkpoint and restored from `_load_optimizer_and_scheduler`, which Traine
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -21,6 +22,9 @@ from torch import nn
 from transformers import TrainerCallback, get_scheduler
 
 from .families import Family
+from .losses import HIDDEN_LOSS_FNS, align_time, masked_mean
+
+logger = logging.getLogger(__name__)
 
 PROJECTIONS_FILE = "projections.safetensors"
 PROJECTION_OPTIMIZER_FILE = "projections_optimizer.pt"
@@ -129,6 +133,23 @@ class Projections(nn.ModuleDict):
         self.learning_rate = learning_rate
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
+
+    def hidden_loss(self, layer_maps: dict[str, dict[int, int]], student_states: dict, teacher_states: dict,
+                    masks: dict, loss_name: str) -> torch.Tensor:
+        """Mean over mapped layer pairs of the hidden loss between projected student and (time-aligned) teacher
+        states, each averaged over the stack's real positions (`masks`)."""
+        loss_fn = HIDDEN_LOSS_FNS[loss_name]
+        losses = {}
+        for stack, layer_map in layer_maps.items():
+            for s, t in layer_map.items():
+                key = projection_key(stack, s, t)
+                # fp32 like the projections: under DeepSpeed bf16 the states are bf16 and nothing autocasts them
+                projected = self[key](student_states[stack][s].float())
+                target = align_time(teacher_states[stack][t], projected.shape[1]).float()
+                losses[key] = masked_mean(loss_fn(projected, target), masks[stack])
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("hidden losses: %s", {k: round(v.item(), 5) for k, v in losses.items()})
+        return torch.stack(list(losses.values())).mean()
 
     def ensure_optimizer(self, trainer: Any) -> torch.optim.Optimizer | None:
         """Made on first use, when the run's length is known; None when there is nothing to train."""

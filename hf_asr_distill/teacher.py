@@ -87,6 +87,21 @@ def place_teacher(teacher: PreTrainedModel, accelerator: Any, dtype: torch.dtype
     return accelerator.prepare_model(teacher, device_placement=True, evaluation_mode=True)
 
 
+def teacher_runner(teacher: PreTrainedModel | None, accelerator: Any, args: Any,
+                   cache: Any = None) -> nn.Module | None:
+    """What runs the teacher in a run: nothing for sequence-level KD alone (no teacher); the frozen model left on
+    the CPU, uncast, when a cache of probabilities (and of every hidden state asked for) replaces it, since it is then
+    only checked against the cache; otherwise the placed teacher (`place_teacher`). An encoder-output cache leaves
+    the teacher's decoder to run live."""
+    if teacher is None:
+        return None
+    replaced = cache is not None and cache.has_probabilities and (
+        args.alpha_hidden == 0 or bool(cache.manifest["layers"]))
+    if replaced:
+        return freeze(teacher)
+    return place_teacher(teacher, accelerator, teacher_dtype(args.teacher_dtype, args.use_cpu))
+
+
 def deepspeed_engine(teacher: PreTrainedModel, accelerator: Any) -> nn.Module:
     """ZeRO-3: the teacher's weights partitioned across processes like the student's, in an engine of its own built
     from the run's DeepSpeed config without optimizer or scheduler; forward passes gather them."""

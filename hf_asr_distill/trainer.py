@@ -1,52 +1,39 @@
 """`DistillationTrainer`: a `Seq2SeqTrainer` whose loss mixes hard labels, teacher outputs and hidden states.
 
-This module is about the loss. Family differences are asked of `families/`; the teacher's placement lives in
-`teacher.py`, the projections' lifecycle in `projection.py`, the cache in `cache.py`, cards in `model_card.py`.
+This module is about the loss: its terms, their logging and the evaluation hooks. Family differences are asked of
+`families/`; the teacher's placement lives in `teacher.py`, the projections' lifecycle (and their hidden-state loss)
+in `projection.py`, the cache in `cache.py`, saving/resuming/publishing in `checkpoints.py`, the collective handling
+of a non-finite loss in `distributed.py`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer
-from accelerate.utils import gather_object
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .cache import CachedBatch, CachedCollator, TeacherCache, open_cache
-from .losses import bucket_logprobs, student_buckets
+from .checkpoints import CheckpointHooks
 from .config import DistillationConfig
+from .distributed import skip_nonfinite
 from .families import family_of
-from .losses import HIDDEN_LOSS_FNS, KD_LOSS_FNS, align_time, masked_mean, masked_sum
-from .model_card import RECORD_FILE, distillation_record, push_trainer, trainer_card
-from .projection import PROJECTIONS_FILE, ProjectionSteps, build_projections, projection_key, resolve_layer_maps
+from .losses import masked_mean, masked_sum, output_kd
+from .projection import PROJECTIONS_FILE, ProjectionSteps, build_projections, resolve_layer_maps
 from .student import load_model
-from .teacher import check_backend, check_pair, freeze, place_teacher, shares_encoder, teacher_dtype, zero_stage
+from .teacher import check_backend, check_pair, shares_encoder, teacher_dtype, teacher_runner, zero_stage
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DistillationTrainer", "PROJECTIONS_FILE", "check_backend", "check_pair"]
 
 
-def last_complete_checkpoint(output_dir: str) -> str:
-    """The highest-numbered checkpoint that holds trainer_state.json (written last); refuses when there is none."""
-    folders = sorted(Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.split("-")[-1]))
-    for folder in reversed(folders):
-        if (folder / TRAINER_STATE_NAME).is_file():
-            return str(folder)
-        logger.warning("%s is incomplete (no %s): resuming from an earlier checkpoint.", folder, TRAINER_STATE_NAME)
-    raise ValueError(f"No complete checkpoint in {output_dir} to resume from.")
-
-
-class DistillationTrainer(Seq2SeqTrainer):
+class DistillationTrainer(CheckpointHooks, Seq2SeqTrainer):
     """Trainer that distils `teacher_model` into `model` (the student).
 
     The loss is `alpha_ce * hard + alpha_kd * output_kd + alpha_hidden * hidden`, each term logged as `loss_ce`,
@@ -99,17 +86,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         args = self.args
         if teacher_cache is not None and not isinstance(teacher_cache, TeacherCache):
             teacher_cache = TeacherCache(teacher_cache)
-        # a cache of probabilities (and of the hidden states asked for) replaces the teacher; an encoder-output
-        # cache leaves its decoder to run live
-        replaced = teacher_cache is not None and teacher_cache.has_probabilities and (
-            args.alpha_hidden == 0 or bool(teacher_cache.manifest["layers"]))
-        if teacher_model is None:  # sequence-level KD only: the targets are the teacher's transcripts
-            self.teacher_runner = None
-        elif not replaced:
-            self.teacher_runner = place_teacher(teacher_model, self.accelerator, teacher_dtype(args.teacher_dtype,
-                                                                                            args.use_cpu))
-        else:  # only checked against the cache (made in its own dtype), never run: it stays on the CPU, uncast
-            self.teacher_runner = freeze(teacher_model)
+        self.teacher_runner = teacher_runner(teacher_model, self.accelerator, args, teacher_cache)
         self.teacher = self.accelerator.unwrap_model(self.teacher_runner) if self.teacher_runner is not None else None
         student = self.accelerator.unwrap_model(self.model)
         partitioned = self.is_deepspeed_enabled and zero_stage(self.accelerator) == 3
@@ -199,15 +176,18 @@ class DistillationTrainer(Seq2SeqTrainer):
         if cached is not None and cached.logprobs is None:
             cached = None  # no cached probabilities: the KD below uses the live teacher
         if self.args.alpha_kd > 0:
-            per_position = self._kd_per_position(outputs.logits, live.logits if live is not None else None, cached)
+            per_position = output_kd(self.args.kd_loss, outputs.logits, self.args.temperature,
+                                     live.logits if live is not None else None,
+                                     *((cached.logprobs, cached.indices) if cached is not None else ()))
             if self.family.kd_per_label_token:
                 token_terms["kd"] = masked_sum(per_position, positions)[0]
             else:
                 mean_terms["kd"] = masked_mean(per_position, positions)
         if want_hidden:  # each stack from the cache when it holds it, else from the live teacher
             teacher_states = {**(self.family.hidden_states(live) if live is not None else {}), **cached_hidden}
-            mean_terms["hidden"] = self._hidden_loss(self.family.hidden_states(outputs), teacher_states,
-                                                     self.family.hidden_masks(positions))
+            mean_terms["hidden"] = self.projections.hidden_loss(
+                self.layer_maps, self.family.hidden_states(outputs), teacher_states,
+                self.family.hidden_masks(positions), self.args.hidden_loss)
         return token_terms, mean_terms
 
     def _weighted(self, model: nn.Module, token_terms: dict, mean_terms: dict, count: torch.Tensor,
@@ -224,31 +204,10 @@ class DistillationTrainer(Seq2SeqTrainer):
         loss = count.new_zeros((), dtype=torch.float32)
         loss = loss + sum(weights[name] * value * token_scale for name, value in token_terms.items())
         loss = loss + sum(weights[name] * value / ga_steps for name, value in mean_terms.items())
-        return self._finite_on_every_rank(model, loss, {**token_terms, **mean_terms}, example_ids)
-
-    def _finite_on_every_rank(self, model: nn.Module, loss: torch.Tensor, terms: dict,
-                              example_ids: torch.Tensor | None) -> torch.Tensor:
-        """A non-finite loss on any process is known to every process in the same step (one small all-reduce), so
-        all stop with the same message, or all skip the batch (`nonfinite_loss="skip"`): none is left waiting in
-        the next gradient all-reduce until the timeout."""
-        bad = (~torch.isfinite(loss.detach())).float()
-        if model.training and self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if not bad.item():
+        if not skip_nonfinite(self.accelerator, loss, {**token_terms, **mean_terms}, example_ids, model.training,
+                              self.args.nonfinite_loss):
             return loss
-        here = {n: v.item() for n, v in terms.items()} if not torch.isfinite(loss) else None
-        ids = example_ids.tolist() if example_ids is not None else "(ids unknown)"
-        reports = [(self.accelerator.process_index, ids, here)]
-        if model.training and self.accelerator.num_processes > 1:  # which process saw it, and on which rows
-            reports = gather_object(reports)
-        where = "; ".join(f"process {rank}: examples {rows}, terms {values}" for rank, rows, values in reports
-                          if values is not None)
-        if not model.training or self.args.nonfinite_loss == "stop":
-            raise FloatingPointError(f"The distillation loss is not finite ({where}). Check those rows' audio and "
-                                     "labels, or lower the learning rate; nonfinite_loss='skip' skips such batches.")
         self.nonfinite_skipped += 1
-        logger.warning("Skipped a batch with a non-finite loss on every process (%d so far): %s",
-                       self.nonfinite_skipped, where)
         # zero gradients on every process, through every trainable weight, so gradient sync happens as usual
         return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
@@ -265,15 +224,6 @@ class DistillationTrainer(Seq2SeqTrainer):
             teacher_inputs = {**model_inputs, key: model_inputs[key].to(dtype)}
         with torch.no_grad():
             return self.teacher_runner(**teacher_inputs, output_hidden_states=want_hidden)
-
-    def _kd_per_position(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-                         cached: CachedBatch | None) -> torch.Tensor:
-        kd_fn, temperature = KD_LOSS_FNS[self.args.kd_loss], self.args.temperature
-        if cached is not None:
-            # k + 1 buckets (top-k and the tail) in log space; scaling by T undoes the functions' 1/T softening.
-            student = student_buckets(student_logits, cached.indices, temperature)
-            return kd_fn(student * temperature, bucket_logprobs(cached.logprobs) * temperature, temperature)
-        return kd_fn(student_logits, align_time(teacher_logits, student_logits.shape[1]), temperature)
 
     def _cached(self, example_ids: torch.Tensor | None, positions: torch.Tensor,
                 labels: torch.Tensor | None) -> CachedBatch:
@@ -301,21 +251,6 @@ class DistillationTrainer(Seq2SeqTrainer):
             return super().get_train_dataloader()
         finally:
             self.data_collator = collate
-
-    def _hidden_loss(self, student_states: dict, teacher_states: dict, masks: dict) -> torch.Tensor:
-        """Mean over mapped layer pairs of the hidden loss between projected student and (time-aligned) teacher."""
-        loss_fn = HIDDEN_LOSS_FNS[self.args.hidden_loss]
-        losses = {}
-        for stack, layer_map in self.layer_maps.items():
-            for s, t in layer_map.items():
-                key = projection_key(stack, s, t)
-                # fp32 like the projections: under DeepSpeed bf16 the states are bf16 and nothing autocasts them
-                projected = self.projections[key](student_states[stack][s].float())
-                target = align_time(teacher_states[stack][t], projected.shape[1]).float()
-                losses[key] = masked_mean(loss_fn(projected, target), masks[stack])
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("hidden losses: %s", {k: round(v.item(), 5) for k, v in losses.items()})
-        return torch.stack(list(losses.values())).mean()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss term since the last log (`loss_ce`, `loss_kd`, `loss_hidden`)."""
@@ -352,48 +287,3 @@ class DistillationTrainer(Seq2SeqTrainer):
         if logits is not None and not generating:
             logits = self.family.evaluation_logits(unwrapped, inputs, logits)
         return loss, logits, labels
-
-    # ---- saving, resuming, publishing ------------------------------------------------------------------------
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the student (projections and teacher are not part of it) and `distillation.json`. (The pickled
-        training_args.bin never holds the Hub token: see `DistillationConfig.__getstate__`.)"""
-        super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save:
-            record = distillation_record(self)
-            Path(output_dir or self.args.output_dir, RECORD_FILE).write_text(json.dumps(record, indent=2))
-
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        """Trainer's optimizer and schedule, then the projections and their optimizer (`projection.py`): all before
-        trainer_state.json, which Trainer writes last, so a checkpoint with it is complete."""
-        super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
-            self.projections.save(output_dir, self)
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Trainer's train; `resume_from_checkpoint=True` takes the last *complete* checkpoint (one a kill or a full
-        disk interrupted is passed over, with a warning)."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        """Trainer's optimizer and schedule, then the projections. Trainer calls this on every resume path
-        (DeepSpeed's included, which skips `_load_from_checkpoint`)."""
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint:
-            self.projections.load(checkpoint, self)
-
-    def model_card(self, repo_id: str | None = None, **kwargs: Any):
-        """The student's card: recipe, layer maps, and the report in `output_dir/report/report.json` if present."""
-        return trainer_card(self, repo_id, **kwargs)
-
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
-                    token: str | None = None, revision: str | None = None, private: bool | None = None,
-                    **card_kwargs: Any) -> Any:
-        """Save the student and upload it with its processor, generation config and card (see `push_student`), with
-        Trainer's signature (Trainer calls it itself after `save_model` when `push_to_hub=True`).
-
-        The teacher, projections, checkpoints and training arguments stay local.
-        """
-        return push_trainer(self, commit_message, token, private, revision=revision, **card_kwargs)

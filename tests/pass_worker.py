@@ -14,7 +14,6 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import torch  # noqa: E402
 from hf_asr_distill.distributed import process_state  # noqa: E402
 
 import hf_asr_distill.pseudo_label as pl  # noqa: E402

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 from datasets import Dataset
 
-from conftest import ctc_processor, tiny_ctc, tiny_whisper, whisper_features, write_corpus
+from conftest import ctc_processor, tiny_ctc, whisper_features, write_corpus
 from hf_asr_distill.data import (
     AudioError, CTCCollator, WhisperCollator, decode_audio, load_speech_dataset, prepare_dataset,
 )

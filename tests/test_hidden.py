@@ -51,7 +51,7 @@ def test_projections_and_student_learn_and_loss_hidden_is_logged(tmp_path, famil
     kw = {"hidden_layer_map": {"1": 2, "2": 4}} if family == "ctc" else {}
     trainer = make_trainer(tmp_path, teacher, student, rows, alpha_hidden=1.0, hidden_loss="l1_cosine", **kw)
     projections_before, student_before = clone_state(trainer.projections), clone_state(student)
-    with caplog.at_level(logging.DEBUG, logger="hf_asr_distill.trainer"):
+    with caplog.at_level(logging.DEBUG, logger="hf_asr_distill"):
         trainer.train()
     assert len(changed(projections_before, trainer.projections)) == len(projections_before)
     assert changed(student_before, student)

@@ -3,7 +3,7 @@ import json
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import filter_repo_objects
 
-from conftest import ctc_processor, ctc_rows, tiny_ctc, write_corpus
+from conftest import ctc_processor, ctc_rows, tiny_ctc
 from helpers import make_args
 from hf_asr_distill import DistillationTrainer, collator_for, make_student
 from hf_asr_distill.cli import main

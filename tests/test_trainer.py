@@ -1,11 +1,11 @@
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Wav2Vec2ForCTC, WhisperForConditionalGeneration
+from transformers import WhisperForConditionalGeneration
 
 from conftest import ctc_rows, tiny_ctc, tiny_whisper, whisper_features, whisper_rows
-from helpers import changed, clone_state, make_args, make_trainer
-from hf_asr_distill import DistillationTrainer, collator_for, make_student
+from helpers import changed, clone_state, make_trainer
+from hf_asr_distill import collator_for, make_student
 
 
 def logged(trainer, key):
