@@ -2,10 +2,11 @@
 encoder outputs, computed once and read by the trainer instead of running the teacher.
 
 Layout (safetensors only, no pickle): `manifest.json` (fingerprints, settings, completeness), bounded shards
-(`shard_p<process>_<n>.safetensors`, about `shard_bytes` and at most `SHARD_EXAMPLES` examples each, keyed
-`<example_id>.<what>`) and one index per
-writing process (`index.p<process>.jsonl`: a line per shard naming its examples, their audio digests and the
-shard's size). A shard is written to a temporary name and renamed before its index line is written, so an
+(`shard_p<process>_<n>.safetensors`, about `shard_bytes` and at most `SHARD_EXAMPLES` examples each) and one index
+per writing process (`index.p<process>.jsonl`: a line per shard naming its examples, their audio and label digests,
+the shard's size and, for each stored output, where each example's rows start). A shard is packed: one tensor per
+output (`logprobs`, `indices`, `hidden.<stack>.<layer>`, `encoder`), the examples' rows one after another, so its
+header is a few entries whatever the number of examples, and reading an example is a slice of each tensor. A shard is written to a temporary name and renamed before its index line is written, so an
 interrupted run resumes after its last complete shard; readers read the index once and never open a shard to find
 an example. Under `accelerate launch` each process caches its share of the rows into shards of its own.
 
@@ -23,6 +24,7 @@ shared with the teacher then never runs, and the teacher's decoder runs live, at
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -30,25 +32,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from .distributed import process_state, share_of
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from .data import collator_for, row_loader
+from .distributed import process_state, share_of
 from .families import FAMILIES, Family, family_of
 from .losses import bucket_logprobs, student_buckets  # noqa: F401 - the k + 1 buckets the cached KD compares
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: packed shards (one tensor per output, offsets in the index)
 MANIFEST = "manifest.json"
 SHARD_BYTES = 1_000_000_000
-# An open shard's header lists every tensor in it, and a reader keeps up to OPEN_SHARDS open: capping the examples
-# per shard bounds the memory those headers take (measured: a 50,000-example shard's header alone took ~80 MB),
-# whatever the number of rows.
+# A reader keeps up to OPEN_SHARDS shards open (memory maps); capping the examples per shard bounds what one index
+# line and one shard's offsets hold, whatever the number of rows.
 SHARD_EXAMPLES = 1024
 OPEN_SHARDS = 32
 CACHED_PREFIX = "cached_"  # batch keys of cached tensors added by CachedCollator
@@ -123,7 +125,7 @@ class ShardWriter:
         self.folder, self.process, self.limit = folder, process, limit
         self.index = folder / f"index.p{process:03d}.jsonl"
         self.count = len(self.index.read_text().splitlines()) if self.index.exists() else 0
-        self.tensors: dict[str, torch.Tensor] = {}
+        self.parts: dict[str, list[torch.Tensor]] = {}
         self.examples: list[int] = []
         self.digests: list[str] = []
         self.labels: list[str] = []
@@ -131,7 +133,7 @@ class ShardWriter:
 
     def add(self, example: int, digest: str, labels: str, tensors: dict[str, torch.Tensor]) -> None:
         for name, value in tensors.items():
-            self.tensors[f"{example}.{name}"] = value
+            self.parts.setdefault(name, []).append(value)
             self.size += value.numel() * value.element_size()
         self.examples.append(example)
         self.digests.append(digest)
@@ -146,16 +148,18 @@ class ShardWriter:
         if not self.examples:
             return
         name = f"shard_p{self.process:03d}_{self.count:05d}.safetensors"
-        save_file(self.tensors, str(self.folder / f"{name}.tmp"))
+        save_file({what: torch.cat(parts) for what, parts in self.parts.items()}, str(self.folder / f"{name}.tmp"))
         os.replace(self.folder / f"{name}.tmp", self.folder / name)
+        offsets = {what: [0, *itertools.accumulate(part.shape[0] for part in parts)]
+                   for what, parts in self.parts.items()}
         line = {"shard": name, "bytes": (self.folder / name).stat().st_size, "examples": self.examples,
-                "audio": self.digests, "labels": self.labels}
+                "audio": self.digests, "labels": self.labels, "offsets": offsets}
         with open(self.index, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.count += 1
-        self.tensors, self.examples, self.digests, self.labels, self.size = {}, [], [], [], 0
+        self.parts, self.examples, self.digests, self.labels, self.size = {}, [], [], [], 0
 
 
 def read_index(folder: Path) -> list[dict]:
@@ -353,7 +357,8 @@ class TeacherCache:
                              "cache_teacher.")
         if not self.manifest.get("complete"):
             raise ValueError(f"The teacher cache in {self.path} is incomplete; run cache_teacher again to finish it.")
-        self._where: dict[int, Path] = {}
+        self._where: dict[int, tuple[Path, int]] = {}  # example -> (shard, its place in the shard)
+        self._offsets: dict[Path, dict[str, np.ndarray]] = {}  # shard -> output -> where each example's rows start
         self._audio: dict[int, str] = {}
         self._labels: dict[int, str] = {}
         # teacher outputs at label positions were computed along these labels (Whisper's teacher forcing)
@@ -366,14 +371,15 @@ class TeacherCache:
                 raise ValueError(f"Cache shard {shard} is missing or damaged ({size} bytes, the index says "
                                  f"{line['bytes']}): delete it and its line in {self.path}/index.p*.jsonl, set "
                                  "\"complete\": false in manifest.json, and run cache_teacher again to redo it.")
-            for example, digest, labels in zip(line["examples"], line["audio"], line["labels"]):
-                self._where[example], self._audio[example], self._labels[example] = shard, digest, labels
+            self._offsets[shard] = {what: np.asarray(o, dtype=np.int64) for what, o in line["offsets"].items()}
+            for slot, (example, digest, labels) in enumerate(zip(line["examples"], line["audio"], line["labels"])):
+                self._where[example], self._audio[example], self._labels[example] = (shard, slot), digest, labels
         if len(self._where) != self.manifest["examples"]:
             raise ValueError(f"{self.path} holds {len(self._where)} examples, its manifest says "
                              f"{self.manifest['examples']}: the cache is damaged; rebuild it.")
 
     def _shard(self, path: Path) -> Any:
-        """An open shard, kept open (up to OPEN_SHARDS per process): reopening one parses its whole header."""
+        """An open shard (memory-mapped), kept open up to OPEN_SHARDS per process."""
         if getattr(self, "_pid", None) != os.getpid():  # a forked DataLoader worker opens its own
             self._pid, self._handles = os.getpid(), {}
         handle = self._handles.pop(path, None) or safe_open(str(path), framework="pt")
@@ -411,21 +417,24 @@ class TeacherCache:
                              f"{stale[:5]}{' ...' if len(stale) > 5 else ''}: it was made from other data.")
 
     def _read_examples(self, examples: list[int]) -> dict[int, dict[str, torch.Tensor]]:
-        """All cached tensors of `examples`, opening each shard once."""
-        by_shard: dict[Path, list[int]] = {}
+        """All cached tensors of `examples`, opening each shard once and slicing each example's rows."""
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
         missing = [example for example in examples if example not in self._where]
         if missing:
             raise ValueError(f"Examples {missing[:5]} are not in the teacher cache in {self.path}: it was made for "
                              "other rows; rebuild it for this training set.")
         for example in examples:
-            by_shard.setdefault(self._where[example], []).append(example)
-        out: dict[int, dict[str, torch.Tensor]] = {}
+            shard, slot = self._where[example]
+            by_shard.setdefault(shard, []).append((example, slot))
+        out: dict[int, dict[str, torch.Tensor]] = {example: {} for example in examples}
         names = self._names()
         for shard, members in by_shard.items():
             try:
                 f = self._shard(shard)
-                for example in members:
-                    out[example] = {name: f.get_tensor(f"{example}.{name}") for name in names}
+                for name in names:
+                    rows, starts = f.get_slice(name), self._offsets[shard][name]
+                    for example, slot in members:
+                        out[example][name] = rows[int(starts[slot]):int(starts[slot + 1])]
             except (SafetensorError, OSError) as err:
                 raise ValueError(f"Cache shard {shard} cannot be read ({err}): delete it and its index line, and "
                                  "run cache_teacher again to redo it.") from err

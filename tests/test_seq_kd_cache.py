@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from safetensors import safe_open
 import torch
 import torch.nn.functional as F
 
@@ -117,6 +118,19 @@ def test_cache_round_trip_equals_live_teacher_topk(tmp_path, whisper_setup):
     assert torch.equal(cached.logprobs[mask], live.values[mask].half())
     assert torch.equal(cached.indices[mask], live.indices[mask])
     assert torch.equal(cached.hidden["decoder"][4][mask], out.decoder_hidden_states[4][mask].half())
+    # packed shards: one tensor per output, whatever the number of examples in the shard
+    shard = next((tmp_path / "cache").glob("shard_*.safetensors"))
+    with safe_open(str(shard), framework="pt") as f:
+        assert sorted(f.keys()) == ["hidden.decoder.4", "indices", "logprobs"]
+        assert f.get_slice("logprobs").get_shape()[0] == int(mask.sum())
+    # the same outputs read back from a shard per batch (4 + 2 examples), in another order
+    small = cache_teacher(teacher, processor, ds, tmp_path / "small", k=8, temperature=2.0,
+                          hidden_layers={"decoder": [4]}, batch_size=4, progress=False, shard_bytes=1)
+    assert len(list((tmp_path / "small").glob("shard_*.safetensors"))) == 2
+    order = [5, 0, 3, 1, 4, 2]
+    again = small.batch([batch["example_id"].tolist()[i] for i in order], mask[order], torch.device("cpu"))
+    assert torch.equal(again.logprobs, cached.logprobs[order])
+    assert torch.equal(again.hidden["decoder"][4], cached.hidden["decoder"][4][order])
 
 
 def test_topk_cache_with_full_vocab_matches_live_kd(tmp_path, whisper_setup):
