@@ -131,6 +131,31 @@ def test_teacher_passes_on_two_processes_match_one(tmp_path):
     assert {p.name.split("_")[1] for p in (tmp_path / "two" / "cache").glob("shard_*")} == {"p000", "p001"}
 
 
+def test_cli_commands_under_torchrun_write_what_one_process_writes(tmp_path):
+    """The commands users launch themselves: `pseudo-label` and `evaluate` on 2 processes, each a clean exit."""
+    from datasets import load_from_disk
+
+    from conftest import ctc_processor, tiny_ctc, write_corpus
+
+    for name, layers in (("teacher", 4), ("student", 2)):
+        tiny_ctc(num_hidden_layers=layers).save_pretrained(tmp_path / name)
+        ctc_processor(tmp_path).save_pretrained(tmp_path / name)
+    write_corpus(tmp_path / "corpus" / "train", n=7)  # an odd count: the shares differ in size
+    common = ["--teacher", str(tmp_path / "teacher"), "--dataset", str(tmp_path / "corpus"), "--split", "train"]
+    commands = {"pl": ["pseudo-label", *common, "--batch_size", "2", "--max_wer", "none"],
+                "eval": ["evaluate", *common, "--student", str(tmp_path / "student"), "--batch_size", "2",
+                         "--repeats", "1", "--warmup", "0"]}
+    for name, command in commands.items():
+        cli = ["-m", "hf_asr_distill.cli", *command]
+        run([sys.executable, *cli, "--output_dir", str(tmp_path / f"{name}1")], {"CUDA_VISIBLE_DEVICES": ""})
+        run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+             f"--master_port={free_port()}", *cli, "--output_dir", str(tmp_path / f"{name}2")])
+    one, two = (load_from_disk(str(tmp_path / f"pl{n}" / "dataset")) for n in (1, 2))
+    assert len(one) == 7 and two["pseudo_text"] == one["pseudo_text"] and two["text"] == one["text"]
+    one, two = (json.loads((tmp_path / f"eval{n}" / "report.json").read_text())["results"] for n in (1, 2))
+    assert [r["scores"] for r in two] == [r["scores"] for r in one] and one[0]["scores"]["wer"] > 0
+
+
 def test_killed_two_process_pseudo_labelling_resumes_without_loss_or_duplicates(tmp_path):
     import signal
     import time
