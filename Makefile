@@ -8,7 +8,8 @@ $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-ci.txt
-	$(PY) -m pip install -q --no-deps -e .
+	# -qq: setuptools prints an "Editable installation" notice box on every editable install; errors still show
+	$(PY) -m pip install -qq --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
@@ -23,7 +24,7 @@ $(MIN_VENV)/.installed: pyproject.toml requirements-min.txt requirements-test.tx
 	python3 -m venv $(MIN_VENV)
 	$(MIN_PY) -m pip install -q --upgrade pip
 	$(MIN_PY) -m pip install -q -r requirements-min.txt -r requirements-test.txt
-	$(MIN_PY) -m pip install -q --no-deps -e .
+	$(MIN_PY) -m pip install -qq --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
