@@ -4,11 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
+# Editable installs run with -qq: setuptools prints a notice box on each one (errors still show).
 $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-ci.txt
-	# -qq: setuptools prints an "Editable installation" notice box on every editable install; errors still show
 	$(PY) -m pip install -qq --no-deps -e .
 	touch $@
 
