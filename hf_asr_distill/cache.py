@@ -6,9 +6,10 @@ Layout (safetensors only, no pickle): `manifest.json` (fingerprints, settings, c
 per writing process (`index.p<process>.jsonl`: a line per shard naming its examples, their audio and label digests,
 the shard's size and, for each stored output, where each example's rows start). A shard is packed: one tensor per
 output (`logprobs`, `indices`, `hidden.<stack>.<layer>`, `encoder`), the examples' rows one after another, so its
-header is a few entries whatever the number of examples, and reading an example is a slice of each tensor. A shard is written to a temporary name and renamed before its index line is written, so an
-interrupted run resumes after its last complete shard; readers read the index once and never open a shard to find
-an example. Under `accelerate launch` each process caches its share of the rows into shards of its own.
+header is a few entries whatever the number of examples, and reading an example is a slice of each tensor. A
+shard is written to a temporary name and renamed before its index line is written, so an interrupted run resumes
+after its last complete shard; readers read the index once and never open a shard to find an example. Under
+`accelerate launch` each process caches its share of the rows into shards of its own.
 
 Top-k and the tail: for each label token (Whisper) or audio frame (CTC) the cache keeps the indices of the k most
 likely tokens and their log-probabilities at temperature T (fp16). The KD loss then compares teacher and student
