@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 
 from .families import family_of
-from .student import load_model
+from .student import load_model, save_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def export_model(model: PreTrainedModel | str, processor: Any, output_dir: str |
 def _cpu_fp32_copy(model: PreTrainedModel) -> PreTrainedModel:
     """The model in fp32 on the CPU, where the converters run, without touching the caller's (GPU, fp16) copy."""
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        save_quietly(model, tmp)
         if model.can_generate():
             model.generation_config.save_pretrained(tmp)
         return load_model(tmp, dtype=torch.float32)
@@ -110,7 +110,7 @@ def _to_ct2(model: PreTrainedModel, processor: Any, out: Path, form: str) -> Non
                          "use onnx or pytorch-int8.")
     ctranslate2 = _require("ctranslate2", form)
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        save_quietly(model, tmp)
         model.generation_config.save_pretrained(tmp)  # languages and tasks: the converter reads them from here
         _save_processor(processor, Path(tmp))
         copy = [f for f in ("tokenizer.json", "preprocessor_config.json") if (Path(tmp) / f).exists()]

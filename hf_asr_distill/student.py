@@ -19,6 +19,20 @@ LayerMap = dict[str, dict[int, int]]
 _LAYER_KEY = re.compile(r"(?:^|\.)(encoder|decoder)\.layers\.(\d+)\.")
 
 
+def save_quietly(model: PreTrainedModel, folder: Any) -> None:
+    """`save_pretrained` without transformers' "Writing model shards" progress bar, for the package's own temporary
+    copies (size measurement, CPU copies for export): they are not the user's progress."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name_or_path: str, dtype: torch.dtype | None = None, **kwargs: Any) -> PreTrainedModel:
     """Load a Whisper or CTC model from the Hub or a local path with the right Auto class.
 

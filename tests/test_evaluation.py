@@ -75,6 +75,15 @@ def test_parameters_and_size():
     assert size["fp32"] > 4 * params["total"] and abs(size["fp16"] - size["fp32"] / 2) < 0.05 * size["fp32"]
 
 
+def test_size_measurement_shows_no_progress_bar_of_its_own(capsys):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    size_on_disk(tiny_ctc())  # a temporary save: not the user's progress
+    assert "Writing model shards" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # left as it was
+
+
 def test_max_new_tokens_grows_with_audio_and_is_capped():
     assert max_new_tokens_for(1.0) < max_new_tokens_for(10.0) <= 440
     assert max_new_tokens_for(1000.0) == 440

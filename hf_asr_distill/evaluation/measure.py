@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from ..distributed import process_state, share_of
 from ..families import Family, family_of
+from ..student import save_quietly
 from .metrics import asr_scores, text_normalizer
 
 B1_ROWS = 16  # rows timed one at a time for the batch-1 latency
@@ -48,7 +49,7 @@ def size_on_disk(model: PreTrainedModel) -> dict[str, int]:
     if not isinstance(model, PreTrainedModel):
         return {"disk": model.size_bytes()}
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        save_quietly(model, tmp)
         files = sorted(Path(tmp).glob("*.safetensors"))
         fp32 = sum(f.stat().st_size for f in files)
         fp16 = 0
