@@ -149,10 +149,13 @@ class ShardWriter:
         if not self.examples:
             return
         name = f"shard_p{self.process:03d}_{self.count:05d}.safetensors"
-        save_file({what: torch.cat(parts) for what, parts in self.parts.items()}, str(self.folder / f"{name}.tmp"))
-        os.replace(self.folder / f"{name}.tmp", self.folder / name)
         offsets = {what: [0, *itertools.accumulate(part.shape[0] for part in parts)]
                    for what, parts in self.parts.items()}
+        # each output's parts are released as soon as they are joined, so they and the joined tensors are never all held
+        packed = {what: torch.cat(self.parts.pop(what)) for what in list(self.parts)}
+        save_file(packed, str(self.folder / f"{name}.tmp"))
+        del packed
+        os.replace(self.folder / f"{name}.tmp", self.folder / name)
         line = {"shard": name, "bytes": (self.folder / name).stat().st_size, "examples": self.examples,
                 "audio": self.digests, "labels": self.labels, "offsets": offsets}
         with open(self.index, "a") as f:

@@ -176,9 +176,11 @@ class DistillationTrainer(CheckpointHooks, Seq2SeqTrainer):
         if cached is not None and cached.logprobs is None:
             cached = None  # no cached probabilities: the KD below uses the live teacher
         if self.args.alpha_kd > 0:
-            per_position = output_kd(self.args.kd_loss, outputs.logits, self.args.temperature,
-                                     live.logits if live is not None else None,
-                                     *((cached.logprobs, cached.indices) if cached is not None else ()))
+            if cached is not None:
+                per_position = output_kd(self.args.kd_loss, outputs.logits, self.args.temperature,
+                                         topk_logprobs=cached.logprobs, topk_indices=cached.indices)
+            else:
+                per_position = output_kd(self.args.kd_loss, outputs.logits, self.args.temperature, live.logits)
             if self.family.kd_per_label_token:
                 token_terms["kd"] = masked_sum(per_position, positions)[0]
             else:

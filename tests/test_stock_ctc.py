@@ -130,3 +130,37 @@ def test_group_norm_teacher_sees_zero_padded_input_without_a_mask(tmp_path):
     blanked = CTCFamily().evaluation_logits(model, batch, logits.detach())
     padded = ~CTCFamily().positions(model, batch)
     assert padded.any() and (blanked[padded].argmax(-1) == model.config.pad_token_id).all()
+
+
+def test_packed_cache_of_a_stock_teacher_reads_back_its_live_outputs_at_real_frames(tmp_path, corpus):
+    # rows of different lengths, no attention mask: each example's frames are a different slice of a packed shard
+    from hf_asr_distill.cache import cache_teacher
+
+    processor = base_960h_processor(tmp_path / "proc")
+    teacher = stock_ctc(Wav2Vec2Config)
+    ds, _ = prepare_dataset(load_speech_dataset(str(corpus)), processor, teacher)
+    cache = cache_teacher(teacher, processor, ds, tmp_path / "cache", k=4, hidden_layers={"encoder": [1]},
+                          batch_size=4, progress=False, shard_bytes=1)  # a shard per batch of 4 rows
+    assert len(list((tmp_path / "cache").glob("shard_*.safetensors"))) == 2
+    collate = collator_for(processor, teacher)
+    live = {}
+    with torch.no_grad():  # the teacher on the batches it was cached in (group norm sees each batch's padding)
+        for rows in ([0, 1, 2, 3], [4, 5, 6, 7]):
+            batch = collate([ds[i] for i in rows])
+            out = teacher(input_values=batch["input_values"], output_hidden_states=True)
+            top = torch.log_softmax(out.logits / 2.0, -1).topk(4, -1)
+            for row, (index, frames) in enumerate(zip(rows, CTCFamily().positions(teacher, batch).sum(-1))):
+                live[index] = (top.values[row, :frames], top.indices[row, :frames], out.hidden_states[1][row, :frames])
+    order = [5, 2, 7, 0]  # across both shards
+    batch = collate([ds[i] for i in order])
+    positions = CTCFamily().positions(teacher, batch)
+    assert len(set(positions.sum(-1).tolist())) == 4  # four different frame counts
+    cached = cache.batch(batch["example_id"].tolist(), positions)
+    for row, index in enumerate(order):
+        values, indices, hidden = live[index]
+        frames = len(values)
+        assert frames == int(positions[row].sum())
+        assert torch.equal(cached.indices[row, :frames], indices)
+        assert torch.equal(cached.logprobs[row, :frames], values.half())
+        assert torch.equal(cached.hidden["encoder"][1][row, :frames], hidden.half())
+        assert not cached.logprobs[row, frames:].any()  # padded frames hold nothing
