@@ -15,6 +15,7 @@ from the training itself.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import time
@@ -22,8 +23,13 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from common import base_parser, corpus, machine, table, teacher_and_data
+from common import corpus, machine, table, teacher_and_data, timed
 from hf_asr_distill import DistillationConfig, DistillationTrainer, collator_for, make_student
+
+
+def sync() -> None:
+    if torch.cuda.is_available():  # GPU work is asynchronous: time it once it has finished
+        torch.cuda.synchronize()
 
 
 class StepClock(TrainerCallback):
@@ -36,11 +42,13 @@ class StepClock(TrainerCallback):
         self.intervals: list[float] = []
 
     def on_step_begin(self, args, state, control, **kwargs):
+        sync()
         self.begin = time.perf_counter()
         if self.last_end is not None:
             self.waits.append(self.begin - self.last_end)
 
     def on_step_end(self, args, state, control, **kwargs):
+        sync()
         now = time.perf_counter()
         if self.last_end is not None:
             self.intervals.append(now - self.last_end)
@@ -51,8 +59,8 @@ def run(teacher, processor, data, workers: int, cli) -> StepClock:
     student, _ = make_student(teacher, encoder_layers=cli.layers, decoder_layers=cli.layers, d_model=cli.d_model,
                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=4 * cli.d_model,
                               decoder_ffn_dim=4 * cli.d_model)
-    args = DistillationConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True, max_steps=cli.steps,
-                              per_device_train_batch_size=cli.batch, alpha_kd=0.0, alpha_ce=1.0, save_strategy="no",
+    args = DistillationConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=cli.device == "cpu",
+                              max_steps=cli.steps, per_device_train_batch_size=cli.batch, alpha_kd=0.0, alpha_ce=1.0, save_strategy="no",
                               disable_tqdm=True, dataloader_num_workers=workers, seed=0)
     trainer = DistillationTrainer(model=student, args=args, processing_class=processor, train_dataset=data,
                                   data_collator=collator_for(processor, student))
@@ -63,26 +71,29 @@ def run(teacher, processor, data, workers: int, cli) -> StepClock:
 
 
 def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=8)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="openai/whisper-tiny.en", help="Hub id or local path")
+    parser.add_argument("--corpus", default="runs/feature_corpus", help="synthesised here if missing; its size "
+                        "follows --steps and --batch")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the student trains (on a GPU, the measurement this script stands in for)")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per run (the first is not counted)")
+    parser.add_argument("--batch", type=int, default=8, help="rows per batch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
     parser.add_argument("--d_model", type=int, default=64, help="the student's width")
     parser.add_argument("--layers", type=int, default=1, help="the student's encoder and decoder layers")
-    parser.set_defaults(corpus="runs/feature_corpus")  # a corpus of its own: its size follows --steps and --batch
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
     # enough rows that the run stays in one epoch (a new epoch restarts the workers)
     rows = (cli.steps + 1) * cli.batch
     teacher, processor, data = teacher_and_data(cli.teacher, corpus(cli.corpus, per_voice=(rows + 1) // 2))
     collate = collator_for(processor, teacher)
-    start = time.perf_counter()
-    collate([data[i] for i in range(cli.batch)])  # fetch (features) and collate one batch, in this process
-    features_ms = (time.perf_counter() - start) * 1000
+    # fetch (features) and collate one batch in this process: the fastest of 3 after a warm-up
+    features_ms = timed(lambda: collate([data[i] for i in range(cli.batch)]), 3, 1, "cpu") * 1000
     results = {workers: run(teacher, processor, data, workers, cli) for workers in (0, 1)}
     print(f"\n{cli.teacher} -> student of {cli.layers} enc / {cli.layers} dec layers, width {cli.d_model}, batch {cli.batch} x 30 s, {cli.steps} steps, training on "
           f"{cli.threads} thread(s); {machine()}\n")
-    print(f"features of one batch, in the training process: {features_ms:.0f} ms\n")
+    print(f"features of one batch, in the training process (fastest of 3): {features_ms:.0f} ms\n")
     rows_out = []
     for workers, clock in results.items():
         waits, intervals = clock.waits[1:], clock.intervals[1:]  # the first includes start-up
